@@ -1,0 +1,143 @@
+"""``sweep`` command line: each subcommand parses, calls one library function, prints, returns a code."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sweep.errors import SpecError, SweepError
+from trainers.base import InputError
+
+USER_ERROR = 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from sweep.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    print(f"{args.spec}: ok — {spec.trainer} sweep '{spec.name}', {len(spec.search)} searched parameters "
+          f"({', '.join(spec.search)}), {spec.budget.trials} trials, {spec.sampler.name} + {spec.scheduler.name}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sweep.export import load_table, render, summary
+    from sweep.runner import run_sweep
+    from sweep.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    results = Path(args.results)
+    run_sweep(spec, results=results, resume=args.resume, address=args.address)
+    from sweep.export import locate_uri
+
+    table = load_table(spec.name, locate_uri(spec.name, results, None), spec.tracking.experiment)
+    print(summary(table))
+    print(render(table, "md", top=10))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sweep.export import load_table, locate_uri, render, summary
+
+    table = load_table(args.name, locate_uri(args.name, Path(args.results), args.tracking_uri), args.experiment)
+    print(summary(table))
+    print(render(table, "md"))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sweep.export import load_table, locate_uri, render
+
+    table = load_table(args.name, locate_uri(args.name, Path(args.results), args.tracking_uri), args.experiment)
+    text = render(table, args.format, args.top)
+    out = Path(args.output) if args.output else Path(args.results) / args.name / f"best_params.{_suffix(args.format)}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+    except OSError as e:
+        raise SweepError(f"-o: cannot write {out}: {e.strerror}") from None
+    print(text)
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+def _suffix(fmt: str) -> str:
+    return {"md": "md", "csv": "csv", "latex": "tex"}[fmt]
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from sweep.export import locate_uri
+
+    uri = locate_uri(args.name or "", Path(args.results), args.tracking_uri)
+    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    print(f"MLflow UI on {uri.split('@')[-1]}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweep", description="Hyperparameter sweeps for transfer learning in vision.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("spec", help="the sweep's YAML spec")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a spec key (value parsed as YAML); repeatable")
+        return p
+
+    def name_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("name", help="the sweep's name (the spec's name:)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's, or ./mlruns.db)")
+        p.add_argument("--experiment", help="MLflow experiment (default: the sweep's name)")
+        return p
+
+    spec_cmd("validate", "check a spec and report every problem").set_defaults(func=_validate)
+    run = spec_cmd("run", "run a sweep on Ray Tune")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted sweep; nothing is redone")
+    run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
+    run.set_defaults(func=_run)
+    name_cmd("status", "trials, states and the best so far").set_defaults(func=_status)
+    export = name_cmd("export", "the best-params table (md, csv, latex)")
+    export.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    export.add_argument("--top", type=int, help="only the best K trials")
+    export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")
+    export.set_defaults(func=_export)
+    ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store")
+    ui.add_argument("name", nargs="?", help="a sweep whose store to open (default: ./mlruns.db)")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_ui)
+    for p in sub.choices.values():
+        p.add_argument("--results", default="results", help="folder of sweep results (default: results)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USER_ERROR
+    except (SweepError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
