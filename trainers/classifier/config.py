@@ -7,9 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainers.registry import did_you_mean
 
 UNFREEZE_LEVELS = ("head", "last1", "last2", "last3", "last4", "all")
+ARCHS = (
+    "small_cnn", "alexnet", "vgg11", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+    "mobilenet_v3_large", "mobilenet_v3_small", "convnext_tiny", "vit_b_16",
+)
 
 
 class _Strict(BaseModel):
@@ -67,6 +74,13 @@ class ClassifierModel(_Strict):
     """A name from the model registry (torchvision architectures and ``small_cnn``)."""
     weights: str = "none"
     """``imagenet`` (torchvision's default weights), ``none`` (scratch) or a path to a weights file."""
+
+    @field_validator("arch")
+    @classmethod
+    def _known(cls, arch: str) -> str:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture '{arch}'{did_you_mean(arch, list(ARCHS))}; choose one of: {', '.join(ARCHS)}")
+        return arch
 
 
 class ClassifierHParams(_Strict):

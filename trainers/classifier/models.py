@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,34 +12,77 @@ from torch import nn
 from trainers.base import InputError
 from trainers.registry import Registry
 
-# Per family: regexes of the backbone's stages, input to output. A parameter matching none of them
-# (and not the head) belongs to the first stage.
-STAGES: Registry[tuple[str, ...]] = Registry("model family")
-STAGES.add("resnet", (r"^(conv1|bn1)\.", r"^layer1\.", r"^layer2\.", r"^layer3\.", r"^layer4\."))
-STAGES.add("alexnet", (r"^features\.[0-5]\.", r"^features\.([6-9]|1[0-2])\.", r"^classifier\.[0-5]\."))
-STAGES.add(
-    "vgg",
-    (r"^features\.[0-9]\.", r"^features\.(1[0-6])\.", r"^features\.(1[7-9]|2[0-3])\.", r"^features\.(2[4-9]|30)\.",
-     r"^classifier\.[0-5]\."),
-)
-STAGES.add(
-    "efficientnet",
-    (r"^features\.[0-2]\.", r"^features\.3\.", r"^features\.4\.", r"^features\.5\.", r"^features\.6\.",
-     r"^features\.[78]\."),
-)
-STAGES.add(
-    "mobilenet",
-    (r"^features\.[0-3]\.", r"^features\.[4-6]\.", r"^features\.([7-9]|1[0-2])\.", r"^features\.1[3-6]\.",
-     r"^classifier\.[0-2]\."),
-)
-STAGES.add("convnext", (r"^features\.[01]\.", r"^features\.[23]\.", r"^features\.[45]\.", r"^(features\.[67]|classifier\.[01])\."))
-STAGES.add(
-    "vit",
-    (r"^(conv_proj|class_token|encoder\.pos_embedding)", r"^encoder\.layers\.encoder_layer_[0-2]\.",
-     r"^encoder\.layers\.encoder_layer_[3-5]\.", r"^encoder\.layers\.encoder_layer_[6-8]\.",
-     r"^encoder\.(layers\.encoder_layer_(9|1[01])\.|ln\.)"),
-)
-STAGES.add("small_cnn", (r"^features\.0\.", r"^features\.1\.", r"^features\.2\."))
+Stages = list[list[str]]
+"""A backbone's stages, input to output, each a list of module-name prefixes."""
+
+# Per family: a function that splits a built model into its stages (timm's group_matcher idea,
+# derived from the module tree so every variant of a family — vgg11 and vgg16 — gets its own).
+STAGES: Registry[Callable[[nn.Module], Stages]] = Registry("model family")
+
+
+def _children(model: nn.Module, name: str) -> list[str]:
+    return [f"{name}.{child}" for child, _ in model.get_submodule(name).named_children()]
+
+
+def _pre_head(model: nn.Module) -> Stages:
+    """Parametrised layers of ``classifier`` before the head (AlexNet/VGG fc6–fc7, ConvNeXt's norm)."""
+    head = head_name(model)
+    names = [n for n in _children(model, "classifier") if n != head and any(True for _ in model.get_submodule(n).parameters())]
+    return [names] if names else []
+
+
+def _chunks(names: list[str], n: int) -> Stages:
+    size = -(-len(names) // n)
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+@STAGES.register("resnet")
+def _resnet(model: nn.Module) -> Stages:
+    return [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
+
+
+def _pooled_blocks(model: nn.Module) -> Stages:
+    """``features`` split after each max-pool: VGG's and AlexNet's conv blocks."""
+    blocks: Stages = [[]]
+    for name in _children(model, "features"):
+        blocks[-1].append(name)
+        if isinstance(model.get_submodule(name), nn.MaxPool2d):
+            blocks.append([])
+    return [b for b in blocks if b] + _pre_head(model)
+
+
+STAGES.add("alexnet", _pooled_blocks)
+STAGES.add("vgg", _pooled_blocks)
+
+
+@STAGES.register("efficientnet")
+def _efficientnet(model: nn.Module) -> Stages:
+    return [[n] for n in _children(model, "features")]
+
+
+@STAGES.register("mobilenet")
+def _mobilenet(model: nn.Module) -> Stages:
+    return _chunks(_children(model, "features"), 5) + _pre_head(model)
+
+
+@STAGES.register("convnext")
+def _convnext(model: nn.Module) -> Stages:
+    stages = _chunks(_children(model, "features"), 4)
+    stages[-1] += _pre_head(model)[0] if _pre_head(model) else []
+    return stages
+
+
+@STAGES.register("vit")
+def _vit(model: nn.Module) -> Stages:
+    layers = _children(model, "encoder.layers")
+    stages = [["conv_proj", "class_token", "encoder.pos_embedding"], *_chunks(layers, 4)]
+    stages[-1].append("encoder.ln")
+    return stages
+
+
+@STAGES.register("small_cnn")
+def _small_cnn(model: nn.Module) -> Stages:
+    return [[n] for n in _children(model, "features")]
 
 
 def family(arch: str) -> str:
@@ -140,8 +183,9 @@ def _load_file(model: nn.Module, path: str) -> str:
     return f"file:{file.resolve()}#sha256={digest}"
 
 
-def stage_of(name: str, stages: tuple[str, ...]) -> int:
-    for i, pattern in enumerate(stages):
-        if re.match(pattern, name):
+def stage_of(name: str, stages: Stages) -> int:
+    """The stage a parameter belongs to; anything outside every stage counts as the first."""
+    for i, prefixes in enumerate(stages):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
             return i
     return 0

@@ -93,6 +93,7 @@ class ClassifierTrainer:
         torch.manual_seed(params.seed)
         torch.set_num_threads(max(1, params.threads))
         device = pick_device(params.device)
+        params.work_dir.mkdir(parents=True, exist_ok=True)
         data = prepare_data(cfg, hp, params.seed, params.cache_dir)
         classes = data.splits.classes
         model, weights_id = build_model(spec_model.arch, spec_model.weights, len(classes))

@@ -21,7 +21,7 @@ def trainable_stages(unfreeze: str, n_stages: int) -> range:
 
 def apply_unfreeze(model: nn.Module, arch: str, unfreeze: str) -> dict[str, bool]:
     """Set ``requires_grad`` per the unfreeze level; return it by parameter name."""
-    stages = STAGES.get(family(arch))
+    stages = STAGES.get(family(arch))(model)
     head = head_name(model) + "."
     train = trainable_stages(unfreeze, len(stages))
     flags = {}

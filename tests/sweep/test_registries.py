@@ -1,0 +1,71 @@
+import optuna
+import pytest
+import yaml
+
+from sweep.samplers import SAMPLERS, SCHEDULERS, build_sampler, build_scheduler
+from sweep.space import sample
+from sweep.spec import parse_spec
+from tests.sweep.test_spec import ROOT
+from trainers import TRAINERS
+from trainers.registry import Registry, UnknownNameError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def spec_with(**overrides: str):
+    data = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    return parse_spec(data, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_registry_refuses_duplicates_and_lists_names() -> None:
+    reg: Registry[int] = Registry("widget")
+    reg.add("a", 1)
+    with pytest.raises(ValueError, match="widget 'a' is already registered"):
+        reg.add("a", 2)
+    with pytest.raises(UnknownNameError, match="unknown widget 'b'; choose one of: a"):
+        reg.get("b")
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_every_sampler_drives_the_search_space(name: str) -> None:
+    grid = name == "grid"
+    spec = spec_with(**{"sampler.name": name}, **({
+        "search": "{lr: {type: categorical, choices: [0.01, 0.1]}, optimizer: {type: categorical, choices: [sgd, adamw]},"
+                  " momentum: {type: float, low: 0.8, high: 0.9, step: 0.1, when: {optimizer: sgd}}}"} if grid else {}))
+    sampler = build_sampler(spec)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    seen = []
+    for i in range(6):
+        trial = study.ask()
+        config = sample(spec.search, trial)
+        seen.append(config)
+        study.tell(trial, float(config["lr"]) + i * 1e-3)
+    assert all(("momentum" in c) == (c["optimizer"] == "sgd") for c in seen)
+    assert all(spec.search["lr"].low <= c["lr"] <= spec.search["lr"].high for c in seen) if not grid else True
+
+
+def test_same_seed_same_suggestions() -> None:
+    def run() -> list[dict]:
+        spec = spec_with()
+        study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+        out = []
+        for _ in range(5):
+            t = study.ask()
+            out.append(sample(spec.search, t))
+            study.tell(t, 0.5)
+        return out
+
+    assert run() == run()
+
+
+@pytest.mark.parametrize("name", SCHEDULERS.names())
+def test_every_scheduler_builds(name: str) -> None:
+    scheduler = build_scheduler(spec_with(**{"scheduler.name": name}))
+    assert scheduler is not None
+    if name == "asha":
+        assert scheduler._max_t == 6
+
+
+def test_trainer_registry() -> None:
+    assert TRAINERS.names() == ["classifier"]
+    assert TRAINERS.get("classifier").load().fit
