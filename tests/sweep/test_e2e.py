@@ -1,0 +1,134 @@
+"""A real sweep: Ray Tune, Optuna and MLflow (SQLite), read back from MLflow."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweep import tracking
+from sweep.export import load_table, render
+from sweep.runner import run_sweep
+from sweep.spec import load_spec
+from tests.sweep.conftest import QUICK, ROOT
+from trainers.classifier.trainer import load_classifier
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    import ray
+
+    base = tmp_path_factory.mktemp("e2e")
+    spec = load_spec(ROOT / "search_spaces" / "demo.yaml", QUICK)
+    grid = run_sweep(spec, results=base / "results", base=base)
+    uri = tracking.resolve_uri(None, base)
+    yield spec, grid, uri, base
+    ray.shutdown()
+
+
+def _runs(uri: str, name: str):
+    mlflow = tracking.client(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    parents = tracking.parent_runs(mlflow, exp.experiment_id, name)
+    return mlflow, parents, tracking.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
+
+
+def test_one_parent_and_one_nested_run_per_trial(swept) -> None:
+    spec, grid, uri, _ = swept
+    _, parents, runs = _runs(uri, spec.name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(runs) == spec.budget.trials == len(grid)
+    assert len({r.data.tags["sweep.trial_id"] for r in runs}) == spec.budget.trials
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["sweep.spec_hash"] == spec.digest for r in runs)
+    assert all(r.data.tags["data.n_classes"] == "10" and r.data.tags["weights.source"] == "none" for r in runs)
+
+
+def test_parameters_are_what_the_sampler_chose(swept) -> None:
+    spec, grid, uri, _ = swept
+    _, _, runs = _runs(uri, spec.name)
+    by_trial = {r.data.tags["sweep.trial_id"]: r for r in runs}
+    for result in grid:
+        trial_id = Path(result.path).name
+        params = by_trial[trial_id].data.params
+        for key, value in result.config.items():
+            assert float(params[key]) == pytest.approx(value) if isinstance(value, float) else params[key] == str(value)
+        assert ("momentum" in params) == (result.config["optimizer"] == "sgd")
+        assert params["epochs"] == "3" and params["model.arch"] == "small_cnn"
+
+
+def test_one_metric_value_per_epoch_and_asha_stopped_some(swept) -> None:
+    spec, grid, uri, _ = swept
+    mlflow, _, runs = _runs(uri, spec.name)
+    epochs_by_trial = {Path(r.path).name: len(r.metrics_dataframe) for r in grid}
+    for run in runs:
+        steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
+        assert steps == list(range(1, epochs_by_trial[run.data.tags["sweep.trial_id"]] + 1))
+        assert int(run.data.tags["sweep.epochs_run"]) == len(steps)
+    states = [r.data.tags["sweep.state"] for r in runs]
+    assert states.count("stopped_early") >= 1 and states.count("completed") >= 1, states
+    assert all(s == "completed" for r, s in zip(runs, states) if int(r.data.tags["sweep.epochs_run"]) == 3)
+
+
+def test_best_checkpoint_artifact_loads_into_the_model(swept) -> None:
+    spec, _, uri, base = swept
+    mlflow, _, runs = _runs(uri, spec.name)
+    best = max(runs, key=lambda r: max(m.value for m in mlflow.get_metric_history(r.info.run_id, "val_top1")))
+    path = mlflow.download_artifacts(best.info.run_id, "checkpoints/best.pt", str(base))
+    model, blob = load_classifier(Path(path))
+    history = [m.value for m in mlflow.get_metric_history(best.info.run_id, "val_top1")]
+    assert blob["metrics"]["val_top1"] == pytest.approx(max(history))
+    assert blob["arch"] == "small_cnn" and model.fc.out_features == 10
+    assert max(history) > 0.5
+
+
+def test_tensorboard_event_files_per_trial(swept) -> None:
+    spec, grid, _, _ = swept
+    assert all(list(Path(r.path).glob("events.out.tfevents.*")) for r in grid)
+
+
+def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path) -> None:
+    spec, _, uri, base = swept
+    mlflow, _, runs = _runs(uri, spec.name)
+    table = load_table(spec.name, uri)
+    assert list(table.frame.columns) == ["rank", "trial", *spec.search, "val_top1", "epochs", "state"]
+    assert list(table.frame["rank"]) == list(range(1, spec.budget.trials + 1))
+    assert table.frame["val_top1"].is_monotonic_decreasing
+    for run in runs:
+        row = table.frame.set_index("trial").loc[run.data.tags["sweep.trial_id"]]
+        history = [m.value for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
+        assert row["val_top1"] == max(history) and row["epochs"] == len(history)
+        for p in spec.search:
+            if p in run.data.params:
+                assert row[p] == pytest.approx(float(run.data.params[p])) if p != "optimizer" else row[p] == run.data.params[p]
+            else:
+                assert row[p] is None or (isinstance(row[p], float) and math.isnan(row[p]))
+    out = tmp_path / "best.csv"
+    cli = [sys.executable, "-m", "sweep", "export", spec.name, "--format", "csv", "-o", str(out),
+           "--results", str(base / "results")]
+    done = subprocess.run(cli, cwd=base, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    exported = pd.read_csv(out)
+    assert list(exported["trial"]) == list(table.frame["trial"])
+    assert exported["val_top1"].tolist() == pytest.approx(table.frame["val_top1"].tolist())
+    assert "\\begin{tabular}" in render(table, "latex") and render(table, "md").startswith("|")
+
+
+def test_status_command(swept) -> None:
+    spec, _, _, base = swept
+    done = subprocess.run([sys.executable, "-m", "sweep", "status", spec.name, "--results", str(base / "results")],
+                          cwd=base, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"sweep {spec.name}: {spec.budget.trials} trials" in done.stdout and "best val_top1=" in done.stdout
+
+
+def test_running_again_without_resume_is_refused(swept) -> None:
+    spec, _, _, base = swept
+    done = subprocess.run([sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml"),
+                           *[a for o in QUICK for a in ("--set", o)], "--results", str(base / "results")],
+                          cwd=base, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "already ran" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,72 @@
+"""Kill -9 the driver mid-sweep; ``sweep run --resume`` finishes it with exactly budget.trials trials."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep import tracking
+from tests.sweep.conftest import QUICK, ROOT
+
+pytestmark = pytest.mark.e2e
+SPEC = str(ROOT / "search_spaces" / "demo.yaml")
+ARGS = [a for o in [*QUICK, "budget.trials=6", "fixed.epochs=4"] for a in ("--set", o)]
+
+
+def finished(uri: str, name: str, base: Path) -> int:
+    if not (base / "results" / name / "sweep.json").exists():
+        return 0  # the driver has not finished creating the store yet: do not race its migrations
+    mlflow = tracking.client(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        return 0
+    runs = mlflow.search_runs([exp.experiment_id], "tags.`sweep.role` = 'trial' and attributes.status = 'FINISHED'")
+    return len(runs)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # Ray's own daemons of that driver may have left the group; stop what is left of them.
+    subprocess.run(["pkill", "-9", "-f", f"ray.*{proc.pid}"], check=False)
+
+
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    uri = tracking.resolve_uri(None, tmp_path)
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", SPEC, *ARGS], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while finished(uri, "digits-demo", tmp_path) < 2:
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        assert time.monotonic() < deadline, "the sweep made no progress"
+        time.sleep(1)
+    time.sleep(2)  # let a running trial get a checkpoint in, so resume has one to continue from
+    kill_tree(proc)
+    done_before = finished(uri, "digits-demo", tmp_path)
+    assert done_before < 6
+
+    resumed = subprocess.run([sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    mlflow = tracking.client(uri)
+    exp = mlflow.get_experiment_by_name("digits-demo")
+    parents = tracking.parent_runs(mlflow, exp.experiment_id, "digits-demo")
+    assert len(parents) == 1
+    runs = tracking.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
+    live = [r for r in runs if r.data.tags.get("sweep.state") != "orphaned"]
+    assert len(live) == 6, [(r.data.tags.get("sweep.trial_id"), r.data.tags.get("sweep.state")) for r in runs]
+    assert len({r.data.tags["sweep.trial_id"] for r in live}) == 6
+    assert all(r.info.status == "FINISHED" for r in live)
+    assert all(r.info.status == "FAILED" for r in runs if r not in live)
+    for run in live:
+        steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
+        assert steps == list(range(1, len(steps) + 1)), steps  # nothing logged twice
+    trial_dirs = [p for p in (tmp_path / "results" / "digits-demo" / "tune").iterdir() if p.is_dir()]
+    assert len(trial_dirs) == 6
