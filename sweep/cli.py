@@ -19,8 +19,10 @@ def _validate(args: argparse.Namespace) -> int:
     from sweep.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
-    print(f"{args.spec}: ok — {spec.trainer} sweep '{spec.name}', {len(spec.search)} searched parameters "
-          f"({', '.join(spec.search)}), {spec.budget.trials} trials, {spec.sampler.name} + {spec.scheduler.name}")
+    print(
+        f"{args.spec}: ok — {spec.trainer} sweep '{spec.name}', {len(spec.search)} searched parameters "
+        f"({', '.join(spec.search)}), {spec.budget.trials} trials, {spec.sampler.name} + {spec.scheduler.name}"
+    )
     return 0
 
 
@@ -91,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("spec", help="the sweep's YAML spec")
-        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                       help="override a spec key (value parsed as YAML); repeatable")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a spec key (value parsed as YAML); repeatable",
+        )
         return p
 
     def name_cmd(name: str, help: str) -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ def load_table(name: str, uri: str, experiment: str | None = None) -> SweepTable
     mlflow = tracking.client(uri)
     exp = mlflow.get_experiment_by_name(experiment or name)
     parents = tracking.parent_runs(mlflow, exp.experiment_id, name) if exp else []
-    if not parents:
+    if exp is None or not parents:
         raise SweepError(f"no sweep named '{name}' in the tracking store {tracking.redact(uri)}")
     parent = parents[0]
     tags = parent.data.tags
@@ -91,8 +91,10 @@ def render(table: SweepTable, fmt: str, top: int | None = None) -> str:
 def summary(table: SweepTable) -> str:
     """Counts by state and the best trial, for ``sweep status``."""
     counts = table.frame["state"].value_counts().to_dict()
-    lines = [f"sweep {table.name}: {len(table.frame)} trials · "
-             + " · ".join(f"{n} {state}" for state, n in sorted(counts.items()))]
+    lines = [
+        f"sweep {table.name}: {len(table.frame)} trials · "
+        + " · ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    ]
     scored = table.frame.dropna(subset=[table.metric])
     if len(scored):
         best = scored.iloc[0]

@@ -36,8 +36,10 @@ class ProgressCallback(Callback):
         best = self._best(trials)
         best_text = f"best {self.metric}={best[0]:.4f} ({best[1]})" if best else f"best {self.metric}=–"
         elapsed = time.monotonic() - self._start
-        return (f"[{self.name}] {counts['TERMINATED']}/{self.total} done · {counts['RUNNING']} running · "
-                f"{counts['ERROR']} errored · {best_text} · {elapsed:.0f}s")
+        return (
+            f"[{self.name}] {counts['TERMINATED']}/{self.total} done · {counts['RUNNING']} running · "
+            f"{counts['ERROR']} errored · {best_text} · {elapsed:.0f}s"
+        )
 
     def _print(self, trials: list[Trial], event: str = "") -> None:
         stream = self.stream or sys.stdout
@@ -48,8 +50,9 @@ class ProgressCallback(Callback):
         config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
         self._print(trials, f"started {trial.trial_id}: {config}")
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if time.monotonic() - self._last > 15:
             self._print(trials)
 

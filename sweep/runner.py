@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,9 +28,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 def _quiet() -> None:
     """Our progress lines are the output; the libraries' start-up chatter is not."""
-    import logging
     import warnings
 
+    import mlflow  # noqa: F401  (configures its loggers on import; lower them after that)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -59,8 +60,9 @@ class TrialSetup:
 class RayReporter:
     """A :class:`trainers.Reporter` that forwards to ``ray.tune.report``."""
 
-    def report(self, metrics: Mapping[str, float], checkpoint_dir: Path | None = None,
-               info: Mapping[str, Any] | None = None) -> None:
+    def report(
+        self, metrics: Mapping[str, float], checkpoint_dir: Path | None = None, info: Mapping[str, Any] | None = None
+    ) -> None:
         from ray import tune
 
         result = {**metrics, **{f"info/{k}": v for k, v in (info or {}).items()}}
@@ -81,9 +83,16 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         resume_from = Path(tempfile.mkdtemp(dir=work_dir, prefix="resume-"))
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_from, dirs_exist_ok=True)
-    params = TrialParams(dataset=setup.dataset, model=setup.model, hparams={**setup.fixed, **config},
-                         work_dir=work_dir, resume_from=resume_from, seed=setup.seed, threads=setup.threads,
-                         cache_dir=setup.cache_dir)
+    params = TrialParams(
+        dataset=setup.dataset,
+        model=setup.model,
+        hparams={**setup.fixed, **config},
+        work_dir=work_dir,
+        resume_from=resume_from,
+        seed=setup.seed,
+        threads=setup.threads,
+        cache_dir=setup.cache_dir,
+    )
     TRAINERS.get(setup.trainer).load().fit(params, RayReporter())
 
 
@@ -91,8 +100,13 @@ def sweep_dir(results: Path, name: str) -> Path:
     return (results / name).resolve()
 
 
-def run_sweep(spec: Spec, results: Path = Path("results"), resume: bool = False, address: str | None = None,
-              base: Path = Path(".")) -> Any:
+def run_sweep(
+    spec: Spec,
+    results: Path = Path("results"),
+    resume: bool = False,
+    address: str | None = None,
+    base: Path = Path("."),
+) -> Any:
     """Run (or with ``resume``, continue) the sweep; return Ray's ResultGrid."""
     import ray
     from ray import tune
@@ -113,24 +127,48 @@ def run_sweep(spec: Spec, results: Path = Path("results"), resume: bool = False,
     uri = tracking.resolve_uri(spec.tracking.uri, base)
     mlflow = tracking.client(uri)
     exp_id = tracking.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
-    parent_id = json.loads(state_file.read_text())["parent_run_id"] if resume else _new_parent(mlflow, exp_id, spec, base)
+    parent_id = (
+        json.loads(state_file.read_text())["parent_run_id"] if resume else _new_parent(mlflow, exp_id, spec, base)
+    )
     if not resume:
-        _atomic_json(state_file, {"parent_run_id": parent_id, "experiment_id": exp_id, "spec_hash": spec.digest,
-                                  "tracking_uri": tracking.redact(uri), "spec": spec.raw})
-    setup = TrialSetup(spec.trainer, spec.dataset.model_dump(), spec.model.model_dump(), dict(spec.fixed), spec.seed,
-                       max(1, int(spec.resources.cpus_per_trial)), root / "trials", root / "cache")
+        _atomic_json(
+            state_file,
+            {
+                "parent_run_id": parent_id,
+                "experiment_id": exp_id,
+                "spec_hash": spec.digest,
+                "tracking_uri": tracking.redact(uri),
+                "spec": spec.raw,
+            },
+        )
+    setup = TrialSetup(
+        spec.trainer,
+        spec.dataset.model_dump(),
+        spec.model.model_dump(),
+        dict(spec.fixed),
+        spec.seed,
+        max(1, int(spec.resources.cpus_per_trial)),
+        root / "trials",
+        root / "cache",
+    )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=True)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
     if resume:
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, tune_config=_tune_config(spec),
-                           run_config=_run_config(spec, root, uri, exp_id, parent_id, base))
+        tuner = tune.Tuner(
+            trainable, tune_config=_tune_config(spec), run_config=_run_config(spec, root, uri, exp_id, parent_id, base)
+        )
     grid = tuner.fit()
     mlflow.set_terminated(parent_id, "FINISHED")
     return grid
@@ -143,39 +181,56 @@ def _tune_config(spec: Spec) -> Any:
 
     multi = len(spec.metric.names) > 1
     searcher = OptunaSearch(
-        space=DefineByRun(spec.search), sampler=build_sampler(spec),
+        space=DefineByRun(spec.search),
+        sampler=build_sampler(spec),
         metric=spec.metric.names if multi else spec.metric.primary,
         mode=spec.metric.modes if multi else spec.metric.modes[0],
     )
     return tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
-        scheduler=build_scheduler(spec), num_samples=spec.budget.trials,
-        metric=None if multi else spec.metric.primary, mode=None if multi else spec.metric.modes[0],
-        time_budget_s=spec.budget.time_budget_s, trial_dirname_creator=trial_dirname,
+        scheduler=build_scheduler(spec),
+        num_samples=spec.budget.trials,
+        metric=None if multi else spec.metric.primary,
+        mode=None if multi else spec.metric.modes[0],
+        time_budget_s=spec.budget.time_budget_s,
+        trial_dirname_creator=trial_dirname,
     )
 
 
 def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, base: Path) -> Any:
     from ray import tune
 
-    params = {**spec.fixed, "model.arch": spec.model.model_dump().get("arch"),
-              "model.weights": spec.model.model_dump().get("weights"), "dataset.name": spec.dataset.model_dump()["name"]}
+    params = {
+        **spec.fixed,
+        "model.arch": spec.model.model_dump().get("arch"),
+        "model.weights": spec.model.model_dump().get("weights"),
+        "dataset.name": spec.dataset.model_dump()["name"],
+    }
     tags = _common_tags(spec, base)
     callbacks = [
-        tracking.MlflowCallback(uri, exp_id, parent_id, spec.metric.primary, spec.metric.modes[0], params, tags,
-                                spec.max_epochs),
+        tracking.MlflowCallback(
+            uri, exp_id, parent_id, spec.metric.primary, spec.metric.modes[0], params, tags, spec.max_epochs
+        ),
         ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], spec.budget.trials),
     ]
     return tune.RunConfig(
-        name="tune", storage_path=str(root), callbacks=callbacks, verbose=0,
+        name="tune",
+        storage_path=str(root),
+        callbacks=callbacks,
+        verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
     )
 
 
 def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
-    tags = {"sweep.name": spec.name, "sweep.spec_hash": spec.digest, "sweep.seed": str(spec.seed),
-            "sweep.trainer": spec.trainer, "sweep.data_split_seed": str(spec.dataset.model_dump().get("seed", ""))}
+    tags = {
+        "sweep.name": spec.name,
+        "sweep.spec_hash": spec.digest,
+        "sweep.seed": str(spec.seed),
+        "sweep.trainer": spec.trainer,
+        "sweep.data_split_seed": str(spec.dataset.model_dump().get("seed", "")),
+    }
     commit = tracking.git_commit(base)
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -185,12 +240,23 @@ def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
 def _new_parent(mlflow: Any, exp_id: str, spec: Spec, base: Path) -> str:
     from mlflow.entities import Param
 
-    tags = {**_common_tags(spec, base), "sweep.role": tracking.PARENT, "sweep.metric": ",".join(spec.metric.names),
-            "sweep.mode": ",".join(spec.metric.modes), "sweep.searched": ",".join(spec.search),
-            "sweep.trials": str(spec.budget.trials), "sweep.max_epochs": str(spec.max_epochs)}
+    tags = {
+        **_common_tags(spec, base),
+        "sweep.role": tracking.PARENT,
+        "sweep.metric": ",".join(spec.metric.names),
+        "sweep.mode": ",".join(spec.metric.modes),
+        "sweep.searched": ",".join(spec.search),
+        "sweep.trials": str(spec.budget.trials),
+        "sweep.max_epochs": str(spec.max_epochs),
+    }
     run = mlflow.create_run(exp_id, run_name=spec.name, tags=tags)
-    params = {"sampler": spec.sampler.name, "scheduler": spec.scheduler.name, "trials": spec.budget.trials,
-              "max_concurrent": spec.budget.max_concurrent, "trainer": spec.trainer}
+    params = {
+        "sampler": spec.sampler.name,
+        "scheduler": spec.scheduler.name,
+        "trials": spec.budget.trials,
+        "max_concurrent": spec.budget.max_concurrent,
+        "trainer": spec.trainer,
+    }
     mlflow.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.json"

@@ -86,16 +86,21 @@ def _asha(spec: Spec) -> TrialScheduler:
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.scheduler
-    return ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=spec.max_epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 @SCHEDULERS.register("hyperband")
 def _hyperband(spec: Spec) -> TrialScheduler:
     from ray.tune.schedulers import HyperBandScheduler
 
-    return HyperBandScheduler(time_attr="training_iteration", max_t=spec.max_epochs,
-                              reduction_factor=spec.scheduler.reduction_factor)
+    return HyperBandScheduler(
+        time_attr="training_iteration", max_t=spec.max_epochs, reduction_factor=spec.scheduler.reduction_factor
+    )
 
 
 @SCHEDULERS.register("median")
@@ -103,8 +108,9 @@ def _median(spec: Spec) -> TrialScheduler:
     from ray.tune.schedulers import MedianStoppingRule
 
     s = spec.scheduler
-    return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
-                              min_samples_required=s.min_samples_required)
+    return MedianStoppingRule(
+        time_attr="training_iteration", grace_period=s.grace_period, min_samples_required=s.min_samples_required
+    )
 
 
 @SCHEDULERS.register("fifo")

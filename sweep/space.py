@@ -78,7 +78,8 @@ class CategoricalParam(_Param):
     choices: list[Scalar] = Field(min_length=1)
 
     def suggest(self, trial: optuna.Trial, name: str) -> Scalar:
-        value: Scalar = trial.suggest_categorical(name, self.choices)
+        value = trial.suggest_categorical(name, self.choices)
+        assert value is not None
         return value
 
     def grid(self) -> list[Scalar] | None:

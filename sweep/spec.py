@@ -61,7 +61,7 @@ class MetricSpec(_Block):
 
     @property
     def modes(self) -> list[str]:
-        return self.mode if isinstance(self.mode, list) else [self.mode] * len(self.names)
+        return list(self.mode) if isinstance(self.mode, list) else [self.mode] * len(self.names)
 
     @property
     def primary(self) -> str:
@@ -343,7 +343,10 @@ def _cross_problems(raw: RawSpec, search: Mapping[str, SearchParam]) -> list[str
     if raw.sampler.name == "grid":
         for name, p in search.items():
             if p.grid() is None:
-                problems.append(f"search.{name}: the grid sampler needs a finite set of values (categorical, int, or float with step)")
+                problems.append(
+                    f"search.{name}: the grid sampler needs a finite set of values"
+                    " (categorical, int, or float with step)"
+                )
     if raw.resources.gpus_per_trial > 1 and not float(raw.resources.gpus_per_trial).is_integer():
         problems.append(f"resources.gpus_per_trial: above 1 must be a whole number, got {raw.resources.gpus_per_trial}")
     if not search:
@@ -375,4 +378,3 @@ def _build(raw: RawSpec, data: Mapping[str, Any], source: str) -> Spec:
         digest=digest,
         raw=data,
     )
-

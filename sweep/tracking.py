@@ -66,10 +66,13 @@ def git_commit(path: Path) -> str | None:
 
 def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
     """The sweep's parent runs, newest first."""
-    return list(mlflow.search_runs(
-        [exp_id], filter_string=f"tags.`sweep.role` = '{PARENT}' and tags.`sweep.name` = '{name}'",
-        order_by=["attributes.start_time DESC"],
-    ))
+    return list(
+        mlflow.search_runs(
+            [exp_id],
+            filter_string=f"tags.`sweep.role` = '{PARENT}' and tags.`sweep.name` = '{name}'",
+            order_by=["attributes.start_time DESC"],
+        )
+    )
 
 
 def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
@@ -77,8 +80,9 @@ def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
     runs: list[Run] = []
     token = None
     while True:
-        page = mlflow.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                                  max_results=1000, page_token=token)
+        page = mlflow.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000, page_token=token
+        )
         runs += list(page)
         token = page.token
         if not token:
@@ -86,17 +90,39 @@ def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
 
 
 def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    skip = {"epoch", "training_iteration", "timestamp", "time_total_s", "time_this_iter_s", "time_since_restore",
-            "iterations_since_restore", "pid", "done", "config"}
-    return {k: float(v) for k, v in result.items()
-            if k not in skip and not k.startswith("info/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    skip = {
+        "epoch",
+        "training_iteration",
+        "timestamp",
+        "time_total_s",
+        "time_this_iter_s",
+        "time_since_restore",
+        "iterations_since_restore",
+        "pid",
+        "done",
+        "config",
+    }
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in skip and not k.startswith("info/") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class MlflowCallback(Callback):
     """Ray Tune callback that records every trial as a nested MLflow run of the sweep's parent run."""
 
-    def __init__(self, uri: str, exp_id: str, parent_id: str, metric: str, mode: str,
-                 params: Mapping[str, Any], tags: Mapping[str, str], max_epochs: int) -> None:
+    def __init__(
+        self,
+        uri: str,
+        exp_id: str,
+        parent_id: str,
+        metric: str,
+        mode: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        max_epochs: int,
+    ) -> None:
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.params, self.tags = dict(params), dict(tags)
@@ -124,7 +150,8 @@ class MlflowCallback(Callback):
             return self._runs[trial.trial_id]
         found = self.mlflow.search_runs(
             [self.exp_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`sweep.trial_id` = '{trial.trial_id}'",
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"
+            f" and tags.`sweep.trial_id` = '{trial.trial_id}'",
         )
         if found:
             run_id = found[0].info.run_id
@@ -136,9 +163,17 @@ class MlflowCallback(Callback):
             if found[0].info.status != "RUNNING":
                 self.mlflow.update_run(run_id, status="RUNNING")
         else:
-            run = self.mlflow.create_run(self.exp_id, run_name=trial.trial_id, tags={
-                **self.tags, "mlflow.parentRunId": self.parent_id, "sweep.role": TRIAL,
-                "sweep.trial_id": trial.trial_id, STATE_TAG: "running"})
+            run = self.mlflow.create_run(
+                self.exp_id,
+                run_name=trial.trial_id,
+                tags={
+                    **self.tags,
+                    "mlflow.parentRunId": self.parent_id,
+                    "sweep.role": TRIAL,
+                    "sweep.trial_id": trial.trial_id,
+                    STATE_TAG: "running",
+                },
+            )
             run_id = run.info.run_id
             params = {**self.params, **{k: v for k, v in trial.config.items()}}
             from mlflow.entities import Param
@@ -150,8 +185,9 @@ class MlflowCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.run_id(trial)
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         from mlflow.entities import Metric
 
         run_id = self.run_id(trial)
@@ -163,8 +199,8 @@ class MlflowCallback(Callback):
         metrics = [Metric(k, v, ts, step) for k, v in _scalar_metrics(result).items()]
         self.mlflow.log_batch(run_id, metrics=metrics)
         facts = {k.removeprefix("info/"): str(v) for k, v in result.items() if k.startswith("info/")}
-        for key, value in facts.items():
-            self.mlflow.set_tag(run_id, key, value)
+        for key, text in facts.items():
+            self.mlflow.set_tag(run_id, key, text)
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             best = self._best.get(trial.trial_id)
@@ -172,8 +208,9 @@ class MlflowCallback(Callback):
                 self._best[trial.trial_id] = float(value)
                 self._improved.add(trial.trial_id)
 
-    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint,
-                      **info: Any) -> None:
+    def on_checkpoint(
+        self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
+    ) -> None:
         if trial.trial_id not in self._improved:
             return
         best = Path(checkpoint.path) / "best.pt"

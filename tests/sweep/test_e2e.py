@@ -71,7 +71,7 @@ def test_one_metric_value_per_epoch_and_asha_stopped_some(swept) -> None:
         assert int(run.data.tags["sweep.epochs_run"]) == len(steps)
     states = [r.data.tags["sweep.state"] for r in runs]
     assert states.count("stopped_early") >= 1 and states.count("completed") >= 1, states
-    assert all(s == "completed" for r, s in zip(runs, states) if int(r.data.tags["sweep.epochs_run"]) == 3)
+    assert all(s == "completed" for r, s in zip(runs, states, strict=True) if int(r.data.tags["sweep.epochs_run"]) == 3)
 
 
 def test_best_checkpoint_artifact_loads_into_the_model(swept) -> None:
@@ -104,12 +104,27 @@ def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path) -> None:
         assert row["val_top1"] == max(history) and row["epochs"] == len(history)
         for p in spec.search:
             if p in run.data.params:
-                assert row[p] == pytest.approx(float(run.data.params[p])) if p != "optimizer" else row[p] == run.data.params[p]
+                assert (
+                    row[p] == pytest.approx(float(run.data.params[p]))
+                    if p != "optimizer"
+                    else row[p] == run.data.params[p]
+                )
             else:
                 assert row[p] is None or (isinstance(row[p], float) and math.isnan(row[p]))
     out = tmp_path / "best.csv"
-    cli = [sys.executable, "-m", "sweep", "export", spec.name, "--format", "csv", "-o", str(out),
-           "--results", str(base / "results")]
+    cli = [
+        sys.executable,
+        "-m",
+        "sweep",
+        "export",
+        spec.name,
+        "--format",
+        "csv",
+        "-o",
+        str(out),
+        "--results",
+        str(base / "results"),
+    ]
     done = subprocess.run(cli, cwd=base, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     exported = pd.read_csv(out)
@@ -120,15 +135,33 @@ def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path) -> None:
 
 def test_status_command(swept) -> None:
     spec, _, _, base = swept
-    done = subprocess.run([sys.executable, "-m", "sweep", "status", spec.name, "--results", str(base / "results")],
-                          cwd=base, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "sweep", "status", spec.name, "--results", str(base / "results")],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert f"sweep {spec.name}: {spec.budget.trials} trials" in done.stdout and "best val_top1=" in done.stdout
 
 
 def test_running_again_without_resume_is_refused(swept) -> None:
     spec, _, _, base = swept
-    done = subprocess.run([sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml"),
-                           *[a for o in QUICK for a in ("--set", o)], "--results", str(base / "results")],
-                          cwd=base, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep",
+            "run",
+            str(ROOT / "search_spaces" / "demo.yaml"),
+            *[a for o in QUICK for a in ("--set", o)],
+            "--results",
+            str(base / "results"),
+        ],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "already ran" in done.stderr and "Traceback" not in done.stderr

@@ -29,9 +29,18 @@ def test_registry_refuses_duplicates_and_lists_names() -> None:
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_every_sampler_drives_the_search_space(name: str) -> None:
     grid = name == "grid"
-    spec = spec_with(**{"sampler.name": name}, **({
-        "search": "{lr: {type: categorical, choices: [0.01, 0.1]}, optimizer: {type: categorical, choices: [sgd, adamw]},"
-                  " momentum: {type: float, low: 0.8, high: 0.9, step: 0.1, when: {optimizer: sgd}}}"} if grid else {}))
+    spec = spec_with(
+        **{"sampler.name": name},
+        **(
+            {
+                "search": "{lr: {type: categorical, choices: [0.01, 0.1]},"
+                " optimizer: {type: categorical, choices: [sgd, adamw]},"
+                " momentum: {type: float, low: 0.8, high: 0.9, step: 0.1, when: {optimizer: sgd}}}"
+            }
+            if grid
+            else {}
+        ),
+    )
     sampler = build_sampler(spec)
     study = optuna.create_study(sampler=sampler, direction="maximize")
     seen = []

@@ -38,9 +38,15 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     uri = tracking.resolve_uri(None, tmp_path)
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", SPEC, *ARGS], cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the child process writes it until killed)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while finished(uri, "digits-demo", tmp_path) < 2:
         assert proc.poll() is None, (tmp_path / "first.log").read_text()
@@ -51,8 +57,14 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     done_before = finished(uri, "digits-demo", tmp_path)
     assert done_before < 6
 
-    resumed = subprocess.run([sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     mlflow = tracking.client(uri)

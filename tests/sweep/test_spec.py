@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from sweep.errors import SpecError
-from sweep.spec import load_spec, parse_spec
 from sweep.space import CategoricalParam, FloatParam
+from sweep.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -40,26 +40,56 @@ def test_demo_spec_is_typed() -> None:
     ("mutate", "expected"),
     [
         (lambda d: d["search"]["lr"].update(low=0), "search.lr.low: must be > 0 for a log scale, got 0"),
-        (lambda d: d["search"]["lr"].update(low=1.0, high=0.1, log=False), "search.lr: low <= high must hold, but got low=1.0, high=0.1"),
-        (lambda d: d["search"]["optimizer"]["choices"].append("adagrad"), "search.optimizer.choices[2]: input should be 'sgd', 'adam' or 'adamw'"),
-        (lambda d: d["search"].update(lr={"type": "flaot", "low": 1, "high": 2}), "search.lr.type: must be one of float, int, categorical (did you mean 'float'?)"),
-        (lambda d: d["search"].update(lerning_rate={"type": "float", "low": 0.1, "high": 1}), "search.lerning_rate: unknown parameter"),
-        (lambda d: d["search"]["momentum"].update(when={"optimzer": "sgd"}), "search.momentum.when.optimzer: a condition must name a parameter searched before 'momentum'"),
-        (lambda d: d["search"]["momentum"].update(when={"optimizer": "rmsprop"}), "search.momentum.when.optimizer: 'rmsprop' is not a choice of 'optimizer'"),
+        (
+            lambda d: d["search"]["lr"].update(low=1.0, high=0.1, log=False),
+            "search.lr: low <= high must hold, but got low=1.0, high=0.1",
+        ),
+        (
+            lambda d: d["search"]["optimizer"]["choices"].append("adagrad"),
+            "search.optimizer.choices[2]: input should be 'sgd', 'adam' or 'adamw'",
+        ),
+        (
+            lambda d: d["search"].update(lr={"type": "flaot", "low": 1, "high": 2}),
+            "search.lr.type: must be one of float, int, categorical (did you mean 'float'?)",
+        ),
+        (
+            lambda d: d["search"].update(lerning_rate={"type": "float", "low": 0.1, "high": 1}),
+            "search.lerning_rate: unknown parameter",
+        ),
+        (
+            lambda d: d["search"]["momentum"].update(when={"optimzer": "sgd"}),
+            "search.momentum.when.optimzer: a condition must name a parameter searched before 'momentum'",
+        ),
+        (
+            lambda d: d["search"]["momentum"].update(when={"optimizer": "rmsprop"}),
+            "search.momentum.when.optimizer: 'rmsprop' is not a choice of 'optimizer'",
+        ),
         (lambda d: d["fixed"].update(lr=0.1), "search.lr: also set in fixed"),
         (lambda d: d["fixed"].update(epochs="six"), "fixed.epochs: input should be a valid integer"),
         (lambda d: d["dataset"].update(imagesize=3), "dataset.imagesize: unknown key (did you mean 'image_size'?)"),
-        (lambda d: d["model"].update(arch="resnet19"), "model.arch: unknown architecture 'resnet19' (did you mean 'resnet18'?)"),
+        (
+            lambda d: d["model"].update(arch="resnet19"),
+            "model.arch: unknown architecture 'resnet19' (did you mean 'resnet18'?)",
+        ),
         (lambda d: d.update(trainer="clasifier"), "trainer: unknown trainer 'clasifier' (did you mean 'classifier'?)"),
         (lambda d: d["sampler"].update(name="tpee"), "sampler.name: unknown sampler 'tpee' (did you mean 'tpe'?)"),
-        (lambda d: d["scheduler"].update(name="ashaa"), "scheduler.name: unknown scheduler 'ashaa' (did you mean 'asha'?)"),
+        (
+            lambda d: d["scheduler"].update(name="ashaa"),
+            "scheduler.name: unknown scheduler 'ashaa' (did you mean 'asha'?)",
+        ),
         (lambda d: d["budget"].update(trials=0), "budget.trials: input should be greater than or equal to 1, got 0"),
         (lambda d: d.pop("budget"), "budget: required key is missing"),
         (lambda d: d.update(nmae="x"), "nmae: unknown key (did you mean 'name'?)"),
         (lambda d: d.update(name="../escape"), "name: string should match pattern"),
-        (lambda d: d["metric"].update(name=["val_top1", "val_loss"], mode=["max", "min"]), "scheduler.name: early stopping needs a single metric"),
+        (
+            lambda d: d["metric"].update(name=["val_top1", "val_loss"], mode=["max", "min"]),
+            "scheduler.name: early stopping needs a single metric",
+        ),
         (lambda d: d["sampler"].update(name="grid"), "search.lr: the grid sampler needs a finite set of values"),
-        (lambda d: d["resources"].update(gpus_per_trial=1.5), "resources.gpus_per_trial: above 1 must be a whole number"),
+        (
+            lambda d: d["resources"].update(gpus_per_trial=1.5),
+            "resources.gpus_per_trial: above 1 must be a whole number",
+        ),
     ],
 )
 def test_each_mistake_is_reported_with_its_path(mutate, expected: str) -> None:

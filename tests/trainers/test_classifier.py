@@ -17,8 +17,15 @@ DIGITS = {"name": "digits", "image_size": 16, "val_fraction": 0.2, "seed": 0}
 
 def fit(tmp_path: Path, hparams: dict, model: dict | None = None, resume: Path | None = None) -> tuple:
     reporter = ListReporter()
-    params = TrialParams(dataset=DIGITS, model=model or {"arch": "small_cnn"}, hparams=hparams, work_dir=tmp_path,
-                         resume_from=resume, threads=2, cache_dir=tmp_path / "cache")
+    params = TrialParams(
+        dataset=DIGITS,
+        model=model or {"arch": "small_cnn"},
+        hparams=hparams,
+        work_dir=tmp_path,
+        resume_from=resume,
+        threads=2,
+        cache_dir=tmp_path / "cache",
+    )
     return ClassifierTrainer().fit(params, reporter), reporter
 
 
@@ -50,7 +57,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
     full = ListReporter()
     ClassifierTrainer().fit(TrialParams(DIGITS, {"arch": "small_cnn"}, params, tmp_path / "a", threads=2), Keep())
     result = ClassifierTrainer().fit(
-        TrialParams(DIGITS, {"arch": "small_cnn"}, params, tmp_path / "b", resume_from=kept, threads=2), full)
+        TrialParams(DIGITS, {"arch": "small_cnn"}, params, tmp_path / "b", resume_from=kept, threads=2), full
+    )
     assert [m["epoch"] for m in full.metrics] == [3]
     assert result.epochs_run == 3
 

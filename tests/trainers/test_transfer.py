@@ -5,7 +5,16 @@ from torch import nn
 from trainers.classifier.models import STAGES, build_model, family, head_name
 from trainers.classifier.transfer import apply_unfreeze, param_groups, train_mode, trainable_stages
 
-ARCHS = ["small_cnn", "resnet18", "alexnet", "vgg11", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny", "vit_b_16"]
+ARCHS = [
+    "small_cnn",
+    "resnet18",
+    "alexnet",
+    "vgg11",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+    "convnext_tiny",
+    "vit_b_16",
+]
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -31,7 +40,7 @@ def test_unfreeze_levels_add_one_stage_each(model) -> None:
     sets = [trained(m, arch, level) for level in levels]
     assert sets[0] == {n for n in every if n.startswith(head)}
     assert sets[-1] == every
-    for smaller, larger in zip(sets, sets[1:]):
+    for smaller, larger in zip(sets, sets[1:], strict=False):
         assert smaller <= larger
     assert sets[0] < sets[1] < sets[2]  # each level really adds a stage
 

@@ -13,9 +13,23 @@ from trainers.registry import did_you_mean
 
 UNFREEZE_LEVELS = ("head", "last1", "last2", "last3", "last4", "all")
 ARCHS = (
-    "small_cnn", "alexnet", "vgg11", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-    "mobilenet_v3_large", "mobilenet_v3_small", "convnext_tiny", "vit_b_16",
+    "small_cnn",
+    "alexnet",
+    "vgg11",
+    "vgg16",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "convnext_tiny",
+    "vit_b_16",
 )
 
 
@@ -79,7 +93,9 @@ class ClassifierModel(_Strict):
     @classmethod
     def _known(cls, arch: str) -> str:
         if arch not in ARCHS:
-            raise ValueError(f"unknown architecture '{arch}'{did_you_mean(arch, list(ARCHS))}; choose one of: {', '.join(ARCHS)}")
+            raise ValueError(
+                f"unknown architecture '{arch}'{did_you_mean(arch, list(ARCHS))}; choose one of: {', '.join(ARCHS)}"
+            )
         return arch
 
 

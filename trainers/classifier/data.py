@@ -38,8 +38,12 @@ class Splits:
     """In-memory images (N, H, W) or (N, H, W, 3) uint8, when sources are indices."""
 
     def sizes(self) -> dict[str, int]:
-        return {"data.n_train": len(self.train), "data.n_val": len(self.val), "data.n_test": len(self.test),
-                "data.n_classes": len(self.classes)}
+        return {
+            "data.n_train": len(self.train),
+            "data.n_val": len(self.val),
+            "data.n_test": len(self.test),
+            "data.n_classes": len(self.classes),
+        }
 
 
 def decode(splits: Splits, index: int, size: int) -> torch.Tensor:
@@ -51,7 +55,7 @@ def decode(splits: Splits, index: int, size: int) -> torch.Tensor:
     if splits.array is not None:
         img = Image.fromarray(splits.array[int(source)])
     else:
-        with Image.open(source) as f:
+        with Image.open(Path(str(source))) as f:
             f.load()
             img = f
     img = img.convert("RGB")
@@ -130,10 +134,10 @@ def _imagefolder(cfg: ClassifierData) -> tuple:
         return classes, sources, labels, np.asarray(mask, dtype=bool), None
     folders = _class_folders(root, "imagefolder")
     sources, labels = _listed(folders)
-    _, test = _stratified(np.arange(len(labels)), np.asarray(labels), 0.2, cfg.seed) if labels else (None, [])
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[list(test)] = True
-    return [f.name for f in folders], sources, labels, mask, None
+    test_mask = np.zeros(len(labels), dtype=bool)
+    if labels:
+        test_mask[_stratified(np.arange(len(labels)), np.asarray(labels), 0.2, cfg.seed)[1]] = True
+    return [f.name for f in folders], sources, labels, test_mask, None
 
 
 def _listed(folders: list[Path]) -> tuple[list[Path], list[int]]:
@@ -157,8 +161,9 @@ def _caltech101(cfg: ClassifierData) -> tuple:
     tree = _find(root, "101_ObjectCategories")
     if tree is None:
         raise InputError(f"dataset.root: no 101_ObjectCategories folder in {root} (set download: true to fetch it)")
-    folders = [f for f in _class_folders(tree, "101_ObjectCategories")
-               if cfg.keep_background or f.name != "BACKGROUND_Google"]
+    folders = [
+        f for f in _class_folders(tree, "101_ObjectCategories") if cfg.keep_background or f.name != "BACKGROUND_Google"
+    ]
     sources, labels = _listed(folders)
     rng = np.random.default_rng(cfg.seed)
     mask = np.ones(len(labels), dtype=bool)

@@ -28,7 +28,11 @@ Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 def cache_key(splits: Splits, size: int) -> str:
-    listing = [str(s) for s in splits.sources] if splits.array is None else [hashlib.sha256(splits.array).hexdigest()]
+    listing = (
+        [str(s) for s in splits.sources]
+        if splits.array is None
+        else [hashlib.sha256(splits.array.tobytes()).hexdigest()]
+    )
     return hashlib.sha256(json.dumps([size, listing]).encode()).hexdigest()[:20]
 
 
@@ -127,12 +131,14 @@ class DecodingDataset(Dataset[tuple[torch.Tensor, int]]):
         return decode(self.splits, j, self.size), int(self.splits.labels[j])
 
 
-def decoding_batches(splits: Splits, idx: np.ndarray, size: int, batch_size: int, shuffle: bool, seed: int,
-                     workers: int) -> Batches:
+def decoding_batches(
+    splits: Splits, idx: np.ndarray, size: int, batch_size: int, shuffle: bool, seed: int, workers: int
+) -> Batches:
     """Batches through a DataLoader that decodes files every epoch (no cache)."""
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(DecodingDataset(splits, idx, size), batch_size=batch_size, shuffle=shuffle,
-                        num_workers=workers, generator=gen)
+    loader = DataLoader(
+        DecodingDataset(splits, idx, size), batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen
+    )
     return lambda: iter(loader)
 
 

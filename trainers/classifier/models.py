@@ -27,7 +27,11 @@ def _children(model: nn.Module, name: str) -> list[str]:
 def _pre_head(model: nn.Module) -> Stages:
     """Parametrised layers of ``classifier`` before the head (AlexNet/VGG fc6–fc7, ConvNeXt's norm)."""
     head = head_name(model)
-    names = [n for n in _children(model, "classifier") if n != head and any(True for _ in model.get_submodule(n).parameters())]
+    names = [
+        n
+        for n in _children(model, "classifier")
+        if n != head and any(True for _ in model.get_submodule(n).parameters())
+    ]
     return [names] if names else []
 
 
@@ -101,7 +105,9 @@ class SmallCNN(nn.Module):
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             )
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainers.base import Reporter, TrialParams, TrialResult
+from trainers.base import Reporter, Scalar, TrialParams, TrialResult
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
 from trainers.classifier.data import Splits, load_splits
@@ -28,8 +28,9 @@ def pick_device(name: str) -> torch.device:
 
 def make_optimizer(hp: ClassifierHParams, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
-                               weight_decay=hp.weight_decay)
+        return torch.optim.SGD(
+            groups, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0, weight_decay=hp.weight_decay
+        )
     cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
     return cls(groups, weight_decay=hp.weight_decay)
 
@@ -110,7 +111,7 @@ class ClassifierTrainer:
         loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         precision = Precision(device, hp.amp)
         augment = loader.augmenter(hp, cfg.image_size)
-        info = {**data.info, "weights.source": weights_id, "device": str(device)}
+        info: dict[str, Scalar] = {**data.info, "weights.source": weights_id, "device": str(device)}
         meta = {"arch": spec_model.arch, "classes": classes, "image_size": cfg.image_size}
         for epoch in range(int(state["epoch"]) + 1, hp.epochs + 1):
             apply_unfreeze(model, spec_model.arch, "head" if epoch <= hp.head_only_epochs else hp.unfreeze)
@@ -118,9 +119,14 @@ class ClassifierTrainer:
             train_loss = train_one_epoch(model, data.train, optimizer, loss_fn, precision, augment, hp.grad_clip)
             schedule.step()
             val_loss, logits, target = evaluate(model, data.val, precision)
-            metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                       "val_top1": topk(logits, target, 1), "val_top5": topk(logits, target, 5),
-                       "lr": optimizer.param_groups[0]["lr"]}
+            metrics = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_top1": topk(logits, target, 1),
+                "val_top5": topk(logits, target, 5),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             if metrics["val_top1"] > state["best"]:
                 state.update(best=metrics["val_top1"], best_epoch=epoch)
                 _save_weights(best_path, model, meta, metrics)
@@ -144,14 +150,31 @@ def _save_weights(path: Path, model: nn.Module, meta: dict[str, Any], metrics: d
     path.with_suffix(".tmp").replace(path)
 
 
-def _save_state(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                schedule: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "state": state}, ckpt / "state.pt")
+def _save_state(
+    ckpt: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+) -> None:
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "state": state,
+        },
+        ckpt / "state.pt",
+    )
 
 
-def _restore(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             schedule: torch.optim.lr_scheduler.LRScheduler, best_path: Path) -> dict[str, Any]:
+def _restore(
+    ckpt: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    best_path: Path,
+) -> dict[str, Any]:
     blob = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(blob["model"])
     optimizer.load_state_dict(blob["optimizer"])
@@ -167,5 +190,3 @@ def load_classifier(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     model, _ = build_model(blob["arch"], "none", len(blob["classes"]))
     model.load_state_dict(blob["model_state"])
     return model.eval(), blob
-
-

@@ -31,7 +31,9 @@ def apply_unfreeze(model: nn.Module, arch: str, unfreeze: str) -> dict[str, bool
     return flags
 
 
-def param_groups(model: nn.Module, arch: str, lr: float, backbone_lr_mult: float, unfreeze: str) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, arch: str, lr: float, backbone_lr_mult: float, unfreeze: str
+) -> list[dict[str, Any]]:
     """Optimizer groups: the head at ``lr``, the unfrozen backbone at ``lr * backbone_lr_mult``."""
     apply_unfreeze(model, arch, unfreeze)
     head = head_name(model) + "."
