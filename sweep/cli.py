@@ -73,6 +73,18 @@ def _suffix(fmt: str) -> str:
     return {"md": "md", "csv": "csv", "latex": "tex"}[fmt]
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from sweep.evaluate import evaluate_best
+    from sweep.export import locate_uri
+
+    results = Path(args.results)
+    scores = evaluate_best(args.name, results, locate_uri(args.name, results, args.tracking_uri), args.experiment)
+    for key, value in scores.items():
+        print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
+    print(f"per-class table and confusion matrix in {results / args.name / 'test'}", file=sys.stderr)
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     from sweep.export import locate_uri
 
@@ -120,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--top", type=int, help="only the best K trials")
     export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")
     export.set_defaults(func=_export)
+    name_cmd("evaluate", "score the best trial on the test part").set_defaults(func=_evaluate)
     ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store")
     ui.add_argument("name", nargs="?", help="a sweep whose store to open (default: ./mlruns.db)")
     ui.add_argument("--tracking-uri")

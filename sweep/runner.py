@@ -123,6 +123,8 @@ def run_sweep(
         saved = json.loads(state_file.read_text())
         if saved["spec_hash"] != spec.digest:
             raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
+    if spec.entry.preflight:
+        _resolve_preflight(spec)
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking.resolve_uri(spec.tracking.uri, base)
     mlflow = tracking.client(uri)
@@ -172,6 +174,14 @@ def run_sweep(
     grid = tuner.fit()
     mlflow.set_terminated(parent_id, "FINISHED")
     return grid
+
+
+def _resolve_preflight(spec: Spec) -> None:
+    """The trainer's checks of data and weights, before Ray starts or anything is written."""
+    import importlib
+
+    module, _, func = (spec.entry.preflight or "").partition(":")
+    getattr(importlib.import_module(module), func)(spec.dataset.model_dump(), spec.model.model_dump())
 
 
 def _tune_config(spec: Spec) -> Any:

@@ -7,7 +7,9 @@ which is imported only when a trial runs (so validating a spec never imports tor
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -25,17 +27,37 @@ class TrainerEntry:
     hparams: type[BaseModel]
     impl: str
     """``module:Class`` of the :class:`Trainer`."""
+    evaluate: str | None = None
+    """``module:function`` that scores a best-weights file on the test part, when the trainer has one."""
+    preflight: str | None = None
+    """``module:function(dataset, model)`` run in the driver before any trial: raises on missing data."""
 
     def load(self) -> Trainer:
-        module, _, cls = self.impl.partition(":")
-        trainer: Trainer = getattr(importlib.import_module(module), cls)()
+        trainer: Trainer = _resolve(self.impl)()
         return trainer
+
+    def evaluator(self) -> Callable[..., dict[str, float]]:
+        if self.evaluate is None:
+            raise UnknownNameError("this trainer has no test evaluation")
+        return _resolve(self.evaluate)  # type: ignore[no-any-return]
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 TRAINERS: Registry[TrainerEntry] = Registry("trainer")
 TRAINERS.add(
     "classifier",
-    TrainerEntry(ClassifierData, ClassifierModel, ClassifierHParams, "trainers.classifier.trainer:ClassifierTrainer"),
+    TrainerEntry(
+        ClassifierData,
+        ClassifierModel,
+        ClassifierHParams,
+        "trainers.classifier.trainer:ClassifierTrainer",
+        "trainers.classifier.report:evaluate_checkpoint",
+        "trainers.classifier.trainer:preflight",
+    ),
 )
 
 __all__ = [

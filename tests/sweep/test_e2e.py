@@ -165,3 +165,47 @@ def test_running_again_without_resume_is_refused(swept) -> None:
         timeout=120,
     )
     assert done.returncode == 2 and "already ran" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_evaluate_scores_the_best_trial_on_the_test_part(swept) -> None:
+    from PIL import Image
+
+    from sweep.evaluate import evaluate_best
+
+    spec, _, uri, base = swept
+    scores = evaluate_best(spec.name, base / "results", uri)
+    table = load_table(spec.name, uri)
+    assert scores["trial"] == table.frame.iloc[0]["trial"]
+    assert scores["test_n"] == 360 and scores["test_top1"] > 0.5
+    assert scores["test_top1"] <= scores["test_top5"] <= 1.0
+    out = base / "results" / spec.name / "test"
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert list(per_class["class"]) == list(range(10)) and per_class["support"].sum() == 360
+    confusion = pd.read_csv(out / "confusion.csv", index_col=0)
+    assert confusion.to_numpy().sum() == 360
+    assert confusion.to_numpy().trace() / 360 == pytest.approx(scores["test_top1"])
+    with Image.open(out / "confusion.png") as img:
+        assert img.size[0] >= 300 and img.size[1] >= 300
+    mlflow, _, runs = _runs(uri, spec.name)
+    best = next(r for r in runs if r.data.tags["sweep.trial_id"] == scores["trial"])
+    assert mlflow.get_run(best.info.run_id).data.metrics["test_top1"] == pytest.approx(scores["test_top1"])
+    assert {a.path for a in mlflow.list_artifacts(best.info.run_id, "test")} >= {
+        "test/per_class.csv",
+        "test/confusion.png",
+    }
+
+
+def test_missing_dataset_fails_before_any_trial(tmp_path: Path) -> None:
+    cli = [
+        sys.executable,
+        "-m",
+        "sweep",
+        "run",
+        str(ROOT / "search_spaces" / "resnet.yaml"),
+        "--set",
+        f"dataset.root={tmp_path / 'nowhere'}",
+    ]
+    done = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no 101_ObjectCategories folder in" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns.db").exists()

@@ -131,3 +131,19 @@ def test_splits_are_stratified_disjoint_and_seeded() -> None:
     parts = [set(a.train), set(a.val), set(a.test)]
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
     assert np.bincount(a.labels[a.val]).min() >= 25
+
+
+def test_preflight_refuses_missing_data_and_weights(tmp_path: Path) -> None:
+    from trainers.classifier.trainer import preflight
+
+    assert preflight(DIGITS, {"arch": "small_cnn"})["data.n_test"] == 360
+    with pytest.raises(InputError, match="no 101_ObjectCategories folder"):
+        preflight({"name": "caltech101", "root": str(tmp_path)}, {"arch": "resnet18"})
+    with pytest.raises(InputError, match="model.weights: file not found"):
+        preflight(DIGITS, {"arch": "small_cnn", "weights": str(tmp_path / "nope.pt")})
+
+
+def test_weights_hparam_overrides_the_model_block(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    with pytest.raises(InputError, match="could not be downloaded"):
+        fit(tmp_path, {"epochs": 1, "weights": "imagenet"}, model={"arch": "resnet18", "weights": "none"})

@@ -136,3 +136,5 @@ class ClassifierHParams(_Strict):
     """Degrees of random rotation."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes for the uncached path."""
+    weights: Literal["imagenet", "none"] | None = None
+    """Overrides ``model.weights`` when set, so pretrained-vs-scratch can be searched as a categorical."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainers.base import Reporter, Scalar, TrialParams, TrialResult
+from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
 from trainers.classifier.data import Splits, load_splits
@@ -84,6 +84,19 @@ def prepare_data(cfg: ClassifierData, hp: ClassifierHParams, seed: int, cache_di
     )
 
 
+def preflight(dataset: dict[str, Any], model: dict[str, Any]) -> dict[str, int]:
+    """Checks run in the driver before any trial starts: the data is there and not empty, a weights
+    file exists. Returns the split sizes."""
+    splits = load_splits(ClassifierData.model_validate(dataset))
+    spec_model = ClassifierModel.model_validate(model)
+    if spec_model.weights not in ("imagenet", "none") and not Path(spec_model.weights).expanduser().is_file():
+        raise InputError(f"model.weights: file not found: {spec_model.weights}")
+    for part in ("train", "val"):
+        if not len(getattr(splits, part)):
+            raise InputError(f"dataset: the {part} part is empty; use more images or another val_fraction")
+    return splits.sizes()
+
+
 class ClassifierTrainer:
     """Implements :class:`trainers.base.Trainer` for image classification."""
 
@@ -97,7 +110,7 @@ class ClassifierTrainer:
         params.work_dir.mkdir(parents=True, exist_ok=True)
         data = prepare_data(cfg, hp, params.seed, params.cache_dir)
         classes = data.splits.classes
-        model, weights_id = build_model(spec_model.arch, spec_model.weights, len(classes))
+        model, weights_id = build_model(spec_model.arch, hp.weights or spec_model.weights, len(classes))
         model.to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
