@@ -25,11 +25,11 @@ def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = N
         raise SweepError(f"sweep '{name}' has no trial with a {table.metric} to pick the best by")
     trial_id = str(scored.iloc[0]["trial"])
     mlflow = tracking.client(uri)
+    exp = mlflow.get_experiment_by_name(experiment or name)
+    assert exp is not None  # load_table found the sweep in it
     runs = [
         r
-        for r in tracking.trial_runs(
-            mlflow, mlflow.get_experiment_by_name(experiment or name).experiment_id, table.parent_id
-        )
+        for r in tracking.trial_runs(mlflow, exp.experiment_id, table.parent_id)
         if r.data.tags.get("sweep.trial_id") == trial_id
     ]
     run_id = runs[0].info.run_id
