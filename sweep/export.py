@@ -79,7 +79,9 @@ def render(table: SweepTable, fmt: str, top: int | None = None) -> str:
     """The best-params table as Markdown, CSV or LaTeX."""
     frame = table.frame.head(top) if top else table.frame
     if fmt == "md":
-        return str(frame.to_markdown(index=False, floatfmt=".4g", missingval="–"))
+        # A conditional parameter a trial did not have is blank, not "nan".
+        shown = frame.astype(object).where(frame.notna(), None)
+        return str(shown.to_markdown(index=False, floatfmt=".4g", missingval="–"))
     if fmt == "csv":
         return str(frame.to_csv(index=False))
     if fmt == "latex":
@@ -98,6 +100,12 @@ def summary(table: SweepTable) -> str:
     scored = table.frame.dropna(subset=[table.metric])
     if len(scored):
         best = scored.iloc[0]
-        params = ", ".join(f"{p}={best[p]}" for p in table.searched if best[p] is not None and best[p] == best[p])
+        params = ", ".join(
+            f"{p}={_short(best[p])}" for p in table.searched if best[p] is not None and best[p] == best[p]
+        )
         lines.append(f"best {table.metric}={best[table.metric]:.4f} ({best['trial']}): {params}")
     return "\n".join(lines)
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -292,7 +292,7 @@ def _parse_search(
             problems.append(f"{at}: expected a mapping with a type (float, int, categorical), got {body!r}")
             continue
         kind = body.get("type")
-        if kind not in PARAM_TYPES:
+        if not isinstance(kind, str) or kind not in PARAM_TYPES:
             hint = did_you_mean(str(kind), list(PARAM_TYPES))
             problems.append(f"{at}.type: must be one of float, int, categorical{hint}, got {kind!r}")
             continue

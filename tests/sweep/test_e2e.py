@@ -1,6 +1,7 @@
 """A real sweep: Ray Tune, Optuna and MLflow (SQLite), read back from MLflow."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.sweep.conftest import QUICK, ROOT
 from trainers.classifier.trainer import load_classifier
 
 pytestmark = pytest.mark.e2e
+SECRET_VAR, SECRET = "SWEEP_TEST_API_TOKEN", "tok-5f1d2c9e8b7a"
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +25,12 @@ def swept(tmp_path_factory):
     import ray
 
     base = tmp_path_factory.mktemp("e2e")
+    os.environ[SECRET_VAR] = SECRET  # planted: it must not reach MLflow or the results
     spec = load_spec(ROOT / "search_spaces" / "demo.yaml", QUICK)
     grid = run_sweep(spec, results=base / "results", base=base)
     uri = tracking.resolve_uri(None, base)
     yield spec, grid, uri, base
+    os.environ.pop(SECRET_VAR, None)
     ray.shutdown()
 
 
@@ -209,3 +213,14 @@ def test_missing_dataset_fails_before_any_trial(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "no 101_ObjectCategories folder in" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_environment_secrets_never_reach_mlflow_or_results(swept) -> None:
+    spec, _, uri, base = swept
+    mlflow, parents, runs = _runs(uri, spec.name)
+    for run in [*parents, *runs]:
+        data = mlflow.get_run(run.info.run_id).data
+        assert SECRET not in repr(data.params) and SECRET not in repr(data.tags)
+    for path in (base / "results").rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".csv", ".txt", ".md", ".log"}:
+            assert SECRET not in path.read_text(errors="ignore"), path

@@ -147,3 +147,63 @@ def test_weights_hparam_overrides_the_model_block(tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     with pytest.raises(InputError, match="could not be downloaded"):
         fit(tmp_path, {"epochs": 1, "weights": "imagenet"}, model={"arch": "resnet18", "weights": "none"})
+
+
+def memory_limited(model: torch.nn.Module, limit: int, sizes: list[int]) -> torch.nn.Module:
+    """Make ``model`` raise the error CUDA raises when a training forward pass sees over ``limit`` images."""
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if module.training:
+            sizes.append(len(args[0]))
+            if len(args[0]) > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path: Path, monkeypatch) -> None:
+    import trainers.classifier.trainer as trainer_module
+
+    sizes: list[int] = []
+    limit = {"images": 20}
+
+    def limited(arch, weights, n):
+        model, source = build_model(arch, weights, n)
+        return memory_limited(model, limit["images"], sizes), source
+
+    monkeypatch.setattr(trainer_module, "build_model", limited)
+    result, reporter = fit(tmp_path, {"epochs": 2, "lr": 0.05, "batch_size": 64})
+    assert reporter.info["oom.accumulate"] == 4 and reporter.info["oom.micro_batch"] == 16
+    assert max(sizes[-50:]) <= 16  # after the retries every micro-batch fits
+    assert max(m["val_top1"] for m in reporter.metrics) > 0.5  # and it still learns
+    limit["images"] = 2
+    with pytest.raises(torch.OutOfMemoryError):
+        fit(tmp_path / "floor", {"epochs": 1, "batch_size": 64, "min_micro_batch": 4})
+
+
+def test_accumulated_micro_batches_equal_one_full_batch() -> None:
+    from trainers.classifier.engine import Precision, _step
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (32, 3, 16, 16), dtype=torch.uint8)
+    target = torch.randint(0, 10, (32,))
+    grads = []
+    for steps in (1, 4):
+        torch.manual_seed(1)
+        model, _ = build_model("small_cnn", "none", 10)
+        model.eval()  # BatchNorm statistics differ per micro-batch; the gradient sum must not
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        _step(
+            model,
+            images,
+            target,
+            opt,
+            torch.nn.CrossEntropyLoss(),
+            Precision(torch.device("cpu"), False),
+            None,
+            0.0,
+            steps,
+        )
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

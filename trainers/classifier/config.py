@@ -134,6 +134,8 @@ class ClassifierHParams(_Strict):
     color_jitter: float = Field(0.0, ge=0, le=1)
     rotation: float = Field(0.0, ge=0, le=180)
     """Degrees of random rotation."""
+    min_micro_batch: int = Field(4, ge=1)
+    """After out-of-memory errors the batch is split into micro-batches down to this size, then it fails."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes for the uncached path."""
     weights: Literal["imagenet", "none"] | None = None

@@ -30,6 +30,23 @@ class Precision:
         return torch.autocast("cuda", dtype=self.dtype) if self.enabled else nullcontext()
 
 
+@dataclass
+class Accumulation:
+    """Gradient accumulation that grows when memory runs out: each batch is split into ``steps``
+    micro-batches whose gradients add up, so the effective batch size never changes."""
+
+    steps: int = 1
+    min_micro_batch: int = 1
+    """Below this micro-batch size an out-of-memory error is final."""
+    retries: int = 0
+
+    def grow(self, batch_size: int, error: Exception) -> None:
+        if batch_size // (self.steps * 2) < self.min_micro_batch:
+            raise error
+        self.steps *= 2
+        self.retries += 1
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Batches,
@@ -38,28 +55,62 @@ def train_one_epoch(
     precision: Precision,
     augment: v2.Compose | None,
     grad_clip: float = 0.0,
+    accumulation: Accumulation | None = None,
 ) -> float:
-    """Train on every batch once; return the mean loss. Raise on a non-finite loss."""
-    device = precision.device
+    """Train on every batch once; return the mean loss. Raise on a non-finite loss.
+
+    On an out-of-memory error the batch is redone in twice as many micro-batches (``accumulation``).
+    """
+    acc = accumulation or Accumulation()
     total, count = 0.0, 0
     for images, target in batches():
-        x, y = to_input(images, device, augment), target.to(device)
+        while True:
+            try:
+                loss = _step(model, images, target, optimizer, loss_fn, precision, augment, grad_clip, acc.steps)
+                break
+            except torch.OutOfMemoryError as e:
+                optimizer.zero_grad(set_to_none=True)
+                if precision.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                acc.grow(len(target), e)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss}) after {count} images")
+        total += loss * len(target)
+        count += len(target)
+    return total / max(count, 1)
+
+
+def _step(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    precision: Precision,
+    augment: v2.Compose | None,
+    grad_clip: float,
+    steps: int,
+) -> float:
+    """One optimizer step over a batch, as ``steps`` micro-batches; returns the batch's mean loss."""
+    device = precision.device
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for imgs, tgt in zip(images.chunk(steps), target.chunk(steps), strict=True):
+        x, y = to_input(imgs, device, augment), tgt.to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x), y) * (len(y) / len(target))
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) after {count} images")
-        optimizer.zero_grad(set_to_none=True)
+            return float("nan")
         precision.scaler.scale(loss).backward()
-        if grad_clip:
-            precision.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        total += loss.item() * len(y)
-        count += len(y)
-    return total / max(count, 1)
+        total += loss.item()
+    if grad_clip:
+        precision.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return total
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
 from trainers.classifier.data import Splits, load_splits
-from trainers.classifier.engine import Precision, evaluate, topk, train_one_epoch
+from trainers.classifier.engine import Accumulation, Precision, evaluate, topk, train_one_epoch
 from trainers.classifier.models import build_model
 from trainers.classifier.transfer import apply_unfreeze, param_groups, train_mode
 
@@ -118,7 +118,7 @@ class ClassifierTrainer:
         optimizer = make_optimizer(hp, groups)
         schedule = make_schedule(hp, optimizer)
         best_path = params.work_dir / "best.pt"
-        state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": []}
+        state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "accumulate": 1}
         if params.resume_from is not None:
             state = _restore(params.resume_from, model, optimizer, schedule, best_path)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
@@ -126,10 +126,21 @@ class ClassifierTrainer:
         augment = loader.augmenter(hp, cfg.image_size)
         info: dict[str, Scalar] = {**data.info, "weights.source": weights_id, "device": str(device)}
         meta = {"arch": spec_model.arch, "classes": classes, "image_size": cfg.image_size}
-        for epoch in range(int(state["epoch"]) + 1, hp.epochs + 1):
+        acc = Accumulation(steps=int(state.get("accumulate", 1)), min_micro_batch=hp.min_micro_batch)
+        start_epoch = int(state["epoch"]) + 1
+        for epoch in range(start_epoch, hp.epochs + 1):
             apply_unfreeze(model, spec_model.arch, "head" if epoch <= hp.head_only_epochs else hp.unfreeze)
             train_mode(model)
-            train_loss = train_one_epoch(model, data.train, optimizer, loss_fn, precision, augment, hp.grad_clip)
+            retries = acc.retries
+            train_loss = train_one_epoch(model, data.train, optimizer, loss_fn, precision, augment, hp.grad_clip, acc)
+            if acc.retries > retries:  # out of memory: said once, in the trial's tags and log
+                info.update({"oom.accumulate": acc.steps, "oom.micro_batch": hp.batch_size // acc.steps})
+                print(
+                    f"out of memory: batch {hp.batch_size} now runs as {acc.steps} micro-batches of "
+                    f"{hp.batch_size // acc.steps} (same effective batch)",
+                    flush=True,
+                )
+            state["accumulate"] = acc.steps
             schedule.step()
             val_loss, logits, target = evaluate(model, data.val, precision)
             metrics = {
@@ -149,7 +160,8 @@ class ClassifierTrainer:
                 ckpt = Path(tmp)
                 _save_state(ckpt, model, optimizer, schedule, state)
                 shutil.copy(best_path, ckpt / "best.pt")
-                reporter.report(metrics, ckpt, info if epoch == 1 or params.resume_from else None)
+                first = epoch == start_epoch  # a fresh or resumed run's first report carries the facts
+                reporter.report(metrics, ckpt, info if first or acc.retries > retries else None)
             if hp.early_stop_patience and epoch - int(state["best_epoch"]) >= hp.early_stop_patience:
                 break
         best = max(state["history"], key=lambda m: m["val_top1"])
