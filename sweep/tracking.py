@@ -228,6 +228,12 @@ class MlflowCallback(Callback):
         self.mlflow.set_tag(run_id, "sweep.epochs_run", str(epochs))
         self.mlflow.set_terminated(run_id, "FINISHED")
 
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        # The worker died or raised; Ray restarts the trial from its last checkpoint in the same run.
+        run_id = self.run_id(trial)
+        self.mlflow.set_tag(run_id, "sweep.retries", str(trial.run_metadata.num_failures))
+        self.mlflow.set_tag(run_id, "sweep.last_failure", error_line(trial)[:4000])
+
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
         message = error_line(trial)
