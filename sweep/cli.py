@@ -36,6 +36,9 @@ def _run(args: argparse.Namespace) -> int:
     run_sweep(spec, results=results, resume=args.resume, address=args.address)
     from sweep.export import locate_uri
 
+    if (results / spec.name / "tracking-pending.jsonl").exists():
+        print(f"sweep {spec.name} finished; its tracking records wait for `sweep sync {spec.name}`")
+        return 0
     table = load_table(spec.name, locate_uri(spec.name, results, None), spec.tracking.experiment)
     print(summary(table))
     print(render(table, "md", top=10))
@@ -82,6 +85,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     for key, value in scores.items():
         print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
     print(f"per-class table and confusion matrix in {results / args.name / 'test'}", file=sys.stderr)
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import json
+
+    from sweep import tracking
+    from sweep.export import locate_uri
+    from sweep.journal import MlflowWriter, replay
+
+    root = Path(args.results) / args.name
+    pending = root / "tracking-pending.jsonl"
+    if not pending.exists():
+        print(f"sweep {args.name}: nothing to sync")
+        return 0
+    record = json.loads((root / "sweep.json").read_text())
+    uri = locate_uri(args.name, Path(args.results), args.tracking_uri)
+    metric = record["spec"].get("metric", {}).get("name", "val_top1")
+    writer = MlflowWriter(
+        tracking.client(uri),
+        record["experiment_id"],
+        record["parent_run_id"],
+        metric[0] if isinstance(metric, list) else metric,
+        {},
+        {},
+    )
+    try:
+        count = replay(pending, writer)
+    except ConnectionError as e:
+        raise SweepError(f"sync: {e}") from None
+    print(f"sweep {args.name}: {count} kept records delivered to {tracking.redact(uri)}")
     return 0
 
 
@@ -133,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")
     export.set_defaults(func=_export)
     name_cmd("evaluate", "score the best trial on the test part").set_defaults(func=_evaluate)
+    name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
     ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store")
     ui.add_argument("name", nargs="?", help="a sweep whose store to open (default: ./mlruns.db)")
     ui.add_argument("--tracking-uri")

@@ -42,7 +42,12 @@ def locate_uri(name: str, results: Path, uri: str | None) -> str:
 def load_table(name: str, uri: str, experiment: str | None = None) -> SweepTable:
     """Read the newest parent run of sweep ``name`` and its trials back from MLflow."""
     mlflow = tracking.client(uri)
-    exp = mlflow.get_experiment_by_name(experiment or name)
+    try:
+        exp = mlflow.get_experiment_by_name(experiment or name)
+    except Exception as e:
+        raise SweepError(
+            f"cannot reach the tracking store {tracking.redact(uri)}: {str(e).splitlines()[0][:200]}"
+        ) from None
     parents = tracking.parent_runs(mlflow, exp.experiment_id, name) if exp else []
     if exp is None or not parents:
         raise SweepError(f"no sweep named '{name}' in the tracking store {tracking.redact(uri)}")

@@ -128,7 +128,10 @@ def run_sweep(
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking.resolve_uri(spec.tracking.uri, base)
     mlflow = tracking.client(uri)
-    exp_id = tracking.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
+    try:
+        exp_id = tracking.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
+    except Exception as e:  # nothing has started yet: refuse clearly rather than run untracked
+        raise SweepError(f"tracking.uri: cannot reach {tracking.redact(uri)}: {str(e).splitlines()[0][:200]}") from None
     parent_id = (
         json.loads(state_file.read_text())["parent_run_id"] if resume else _new_parent(mlflow, exp_id, spec, base)
     )
@@ -171,9 +174,7 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable, tune_config=_tune_config(spec), run_config=_run_config(spec, root, uri, exp_id, parent_id, base)
         )
-    grid = tuner.fit()
-    mlflow.set_terminated(parent_id, "FINISHED")
-    return grid
+    return tuner.fit()
 
 
 def _resolve_preflight(spec: Spec) -> None:
@@ -219,7 +220,16 @@ def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, b
     tags = _common_tags(spec, base)
     callbacks = [
         tracking.MlflowCallback(
-            uri, exp_id, parent_id, spec.metric.primary, spec.metric.modes[0], params, tags, spec.max_epochs
+            uri,
+            exp_id,
+            parent_id,
+            spec.metric.primary,
+            spec.metric.modes[0],
+            params,
+            tags,
+            spec.max_epochs,
+            root / "tracking-pending.jsonl",
+            spec.tracking.drain_s,
         ),
         ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], spec.budget.trials),
     ]

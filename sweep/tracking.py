@@ -8,14 +8,19 @@ report into metrics (step = epoch), the first report's facts into tags, and each
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
+
+from sweep.journal import PARENT, STATE_TAG, TRIAL, Journal, MlflowWriter
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -23,9 +28,7 @@ if TYPE_CHECKING:
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
-PARENT = "parent"
-TRIAL = "trial"
-STATE_TAG = "sweep.state"
+__all__ = ["PARENT", "STATE_TAG", "TRIAL", "MlflowCallback"]
 
 
 def resolve_uri(uri: str | None, base: Path) -> str:
@@ -110,7 +113,11 @@ def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 class MlflowCallback(Callback):
-    """Ray Tune callback that records every trial as a nested MLflow run of the sweep's parent run."""
+    """Ray Tune callback that records every trial as a nested MLflow run of the sweep's parent run.
+
+    Writes go through a :class:`~sweep.journal.Journal`, so an unreachable store delays them but
+    loses none.
+    """
 
     def __init__(
         self,
@@ -122,85 +129,45 @@ class MlflowCallback(Callback):
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         max_epochs: int,
+        journal_path: Path,
+        drain_s: float = 60.0,
     ) -> None:
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.params, self.tags = dict(params), dict(tags)
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
+        self.journal_path, self.drain_s = journal_path, drain_s
+        self._journal: Journal | None = None
         self._best: dict[str, float] = {}
-        self._last_step: dict[str, int] = {}
         self._improved: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into Ray's experiment state: keep configuration, not connections or caches.
-        state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _best={}, _last_step={}, _improved=set())
-        return state
+        return {**self.__dict__, "_journal": None, "_best": {}, "_improved": set()}
 
     @property
-    def mlflow(self) -> MlflowClient:
-        if self._client is None:
-            self._client = client(self.uri)
-        return self._client
+    def journal(self) -> Journal:
+        if self._journal is None:
+            writer = MlflowWriter(client(self.uri), self.exp_id, self.parent_id, self.metric, self.params, self.tags)
+            self._journal = Journal(writer, self.journal_path)
+            if self.journal_path.exists():  # left by an earlier driver of this sweep: deliver it first
+                self._journal.pending = [json.loads(x) for x in self.journal_path.read_text().splitlines() if x]
+        return self._journal
 
-    def run_id(self, trial: Trial) -> str:
-        """The trial's run: found by its tag (after a retry or resume) or created."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        found = self.mlflow.search_runs(
-            [self.exp_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"
-            f" and tags.`sweep.trial_id` = '{trial.trial_id}'",
-        )
-        if found:
-            run_id = found[0].info.run_id
-            history = self.mlflow.get_metric_history(run_id, self.metric)
-            self._last_step[trial.trial_id] = max((m.step for m in history), default=0)
-            values = [m.value for m in history]
-            if values:
-                self._best[trial.trial_id] = max(values) if self.mode == "max" else min(values)
-            if found[0].info.status != "RUNNING":
-                self.mlflow.update_run(run_id, status="RUNNING")
-        else:
-            run = self.mlflow.create_run(
-                self.exp_id,
-                run_name=trial.trial_id,
-                tags={
-                    **self.tags,
-                    "mlflow.parentRunId": self.parent_id,
-                    "sweep.role": TRIAL,
-                    "sweep.trial_id": trial.trial_id,
-                    STATE_TAG: "running",
-                },
-            )
-            run_id = run.info.run_id
-            params = {**self.params, **{k: v for k, v in trial.config.items()}}
-            from mlflow.entities import Param
-
-            self.mlflow.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self._runs[trial.trial_id] = run_id
-        return run_id
+    def _submit(self, trial: Trial, op: str, **fields: Any) -> None:
+        self.journal.submit({"op": op, "trial": trial.trial_id, "config": dict(trial.config), **fields})
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.run_id(trial)
+        self._submit(trial, "tags", tags={})
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self.run_id(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._last_step.get(trial.trial_id, 0):
-            return  # an epoch re-run after a restore: MLflow already holds it
-        self._last_step[trial.trial_id] = step
-        ts = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, v, ts, step) for k, v in _scalar_metrics(result).items()]
-        self.mlflow.log_batch(run_id, metrics=metrics)
+        ts = int(result.get("timestamp", time.time()) * 1000)
+        self._submit(trial, "metrics", step=step, ts=ts, values=_scalar_metrics(result))
         facts = {k.removeprefix("info/"): str(v) for k, v in result.items() if k.startswith("info/")}
-        for key, text in facts.items():
-            self.mlflow.set_tag(run_id, key, text)
+        if facts:
+            self._submit(trial, "tags", tags=facts)
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             best = self._best.get(trial.trial_id)
@@ -211,44 +178,39 @@ class MlflowCallback(Callback):
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
     ) -> None:
-        if trial.trial_id not in self._improved:
-            return
         best = Path(checkpoint.path) / "best.pt"
-        if best.exists():
-            self.mlflow.log_artifact(self.run_id(trial), str(best), artifact_path="checkpoints")
+        if trial.trial_id in self._improved and best.exists():
+            step = int((trial.last_result or {}).get("epoch", 0))
+            self._submit(trial, "artifact", path=str(best), artifact_path="checkpoints", step=step)
             self._improved.discard(trial.trial_id)
 
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        # The worker died or raised; Ray restarts the trial from its last checkpoint, in the same run.
+        tags = {"sweep.retries": str(trial.run_metadata.num_failures), "sweep.last_failure": error_line(trial)[:4000]}
+        self._submit(trial, "tags", tags=tags)
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_id(trial)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         planned = int(trial.config.get("epochs", self.max_epochs))
         # Fewer epochs than planned: stopped by the scheduler (or the trainer's own early stopping).
         state = "completed" if epochs >= planned else "stopped_early"
-        self.mlflow.set_tag(run_id, STATE_TAG, state)
-        self.mlflow.set_tag(run_id, "sweep.epochs_run", str(epochs))
-        self.mlflow.set_terminated(run_id, "FINISHED")
-
-    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        # The worker died or raised; Ray restarts the trial from its last checkpoint in the same run.
-        run_id = self.run_id(trial)
-        self.mlflow.set_tag(run_id, "sweep.retries", str(trial.run_metadata.num_failures))
-        self.mlflow.set_tag(run_id, "sweep.last_failure", error_line(trial)[:4000])
+        self._submit(trial, "end", status="FINISHED", tags={STATE_TAG: state, "sweep.epochs_run": str(epochs)})
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        message = error_line(trial)
-        self.mlflow.set_tag(run_id, STATE_TAG, "errored")
-        self.mlflow.set_tag(run_id, "sweep.error", message[:4000])
-        self.mlflow.set_tag(run_id, "sweep.epochs_run", str(int((trial.last_result or {}).get("epoch", 0))))
-        self.mlflow.set_terminated(run_id, "FAILED")
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        tags = {STATE_TAG: "errored", "sweep.error": error_line(trial)[:4000], "sweep.epochs_run": str(epochs)}
+        self._submit(trial, "end", status="FAILED", tags=tags)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        known = {t.trial_id for t in trials}
-        for run in trial_runs(self.mlflow, self.exp_id, self.parent_id):
-            if run.info.status == "RUNNING" and run.data.tags.get("sweep.trial_id") not in known:
-                # Created before a crash for a trial Ray never checkpointed: not part of the sweep.
-                self.mlflow.set_tag(run.info.run_id, STATE_TAG, "orphaned")
-                self.mlflow.set_terminated(run.info.run_id, "FAILED")
+        self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})
+        self.journal.submit({"op": "parent_end"})
+        if not self.journal.drain(self.drain_s):
+            print(
+                f"tracking: store still unreachable; {len(self.journal.pending)} records kept in "
+                f"{self.journal_path}; deliver them with `sweep sync`",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def error_line(trial: Trial) -> str:

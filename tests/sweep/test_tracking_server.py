@@ -1,6 +1,7 @@
 """The team setup: an MLflow tracking server on PostgreSQL with a served artifact store."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +25,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Server:
+    """``mlflow server`` on PostgreSQL and 127.0.0.1, which a test can stop and start again."""
+
+    def __init__(self, db: str, store: Path) -> None:
+        self.port, self.db, self.store = free_port(), db, store
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = str(Path(sys.executable).with_name("mlflow"))
+        backend = f"{PG.replace('postgresql:', 'postgresql+psycopg2:')}/{self.db}"
+        cmd = [
+            exe,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(self.store),
+            "--serve-artifacts",
+            "--workers",
+            "1",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                tracking.client(self.url).search_experiments()
+                return
+            except Exception:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture
 def server(tmp_path: Path):
-    """A fresh database and an ``mlflow server`` on 127.0.0.1, stopped afterwards."""
+    """A fresh database and a running server, both removed afterwards."""
     psycopg2 = pytest.importorskip("psycopg2")
     db = f"sweep_test_{uuid.uuid4().hex[:8]}"
     try:
@@ -35,47 +78,39 @@ def server(tmp_path: Path):
         pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432: {e}")
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {db}")
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("mlflow"))
-    proc = subprocess.Popen(
-        [
-            exe,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"{PG.replace('postgresql:', 'postgresql+psycopg2:')}/{db}",
-            "--artifacts-destination",
-            str(tmp_path / "artifact-store"),
-            "--serve-artifacts",
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            tracking.client(url).search_experiments()
-            break
-        except Exception:
-            assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(1)
-    yield url, tmp_path / "artifact-store"
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    srv = Server(db, tmp_path / "artifact-store")
+    srv.start()
+    yield srv
+    srv.stop()
     admin.cursor().execute(f"DROP DATABASE {db} WITH (FORCE)")
     admin.close()
 
 
+def sweep_cmd(*overrides: str) -> list[str]:
+    cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
+    return cmd + [a for o in overrides for a in ("--set", o)]
+
+
+def epochs_reported(tune_dir: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in tune_dir.glob("*/result.json"))
+
+
+def assert_complete(url: str, trials: int, epochs: int) -> None:
+    """Every trial's run holds every epoch exactly once, and ended."""
+    mlflow = tracking.client(url)
+    exp = mlflow.get_experiment_by_name("digits-demo")
+    parent = tracking.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    runs = tracking.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
+    assert len(runs) == trials and parent.info.status == "FINISHED"
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["sweep.state"] == "completed"
+        for metric in ("val_top1", "train_loss"):
+            assert [m.step for m in mlflow.get_metric_history(run.info.run_id, metric)] == list(range(1, epochs + 1))
+        assert [a.path for a in mlflow.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+
+
 def test_sweep_tracks_into_a_server_on_postgres(server, tmp_path: Path) -> None:
-    url, store = server
+    url, store = server.url, server.store
     overrides = [*QUICK, "budget.trials=3", "fixed.epochs=2", f"tracking.uri={url}"]
     cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
     done = subprocess.run(
@@ -94,3 +129,61 @@ def test_sweep_tracks_into_a_server_on_postgres(server, tmp_path: Path) -> None:
         timeout=120,
     )
     assert status.returncode == 0 and "3 trials" in status.stdout, status.stderr
+
+
+FIFO = [*QUICK, "scheduler.name=fifo", "budget.trials=2", "fixed.epochs=6", "dataset.image_size=16"]
+
+
+def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        sweep_cmd(*FIFO, f"tracking.uri={server.url}"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tune_dir = tmp_path / "results" / "digits-demo" / "tune"
+    deadline = time.monotonic() + 240
+    while epochs_reported(tune_dir) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    server.stop()
+    before = epochs_reported(tune_dir)
+    while epochs_reported(tune_dir) < before + 3:  # training goes on while the store is away
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    assert (tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl").exists()
+    server.start()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "store unreachable" in out and "every kept record delivered" in out
+    assert_complete(server.url, trials=2, epochs=6)
+    assert not (tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl").exists()
+
+
+def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        sweep_cmd(*FIFO, f"tracking.uri={server.url}", "tracking.drain_s=2"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tune_dir = tmp_path / "results" / "digits-demo" / "tune"
+    deadline = time.monotonic() + 240
+    while epochs_reported(tune_dir) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    server.stop()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    pending = tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl"
+    assert pending.exists() and "sweep sync" in out
+    sync = [sys.executable, "-m", "sweep", "sync", "digits-demo"]
+    refused = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "still unreachable" in refused.stderr and pending.exists()
+    server.start()
+    done = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "records delivered" in done.stdout, done.stderr
+    assert not pending.exists()
+    assert_complete(server.url, trials=2, epochs=6)

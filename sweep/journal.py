@@ -1,0 +1,208 @@
+"""Every MLflow write of a sweep as an ordered, serialisable operation.
+
+The driver applies each operation at once when the tracking store answers. When it does not (a
+server restart, a network cut), operations queue in order, are written to
+``results/<name>/tracking-pending.jsonl`` and are delivered when the store is back; if it never
+comes back during the sweep, ``sweep sync NAME`` replays the file later. Nothing is lost and
+nothing is logged twice (a re-run epoch whose step MLflow already holds is skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+Op = dict[str, Any]
+PARENT, TRIAL, STATE_TAG = "parent", "trial", "sweep.state"
+# Fail fast on an unreachable server: the journal, not the HTTP client, does the retrying.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+}
+
+
+def transient(error: Exception) -> bool:
+    """An error worth retrying later (store unreachable or busy), not a rejected write."""
+    from mlflow.exceptions import MlflowException
+
+    return not (isinstance(error, MlflowException) and error.error_code in _PERMANENT)
+
+
+class MlflowWriter:
+    """Applies journal operations to MLflow; knows each trial's run and the steps it already holds."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        exp_id: str,
+        parent_id: str,
+        metric: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+    ) -> None:
+        self.client, self.exp_id, self.parent_id, self.metric = client, exp_id, parent_id, metric
+        self.params, self.tags = dict(params), dict(tags)
+        self.runs: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
+
+    def run_id(self, trial_id: str, config: Mapping[str, Any] | None = None) -> str:
+        """The trial's run: found by its tag (after a retry, resume or outage) or created."""
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        found = self.client.search_runs(
+            [self.exp_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`sweep.trial_id` = '{trial_id}'",
+        )
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, self.metric)
+            self.last_step[trial_id] = max((m.step for m in history), default=0)
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            from mlflow.entities import Param
+
+            tags = {
+                **self.tags,
+                "mlflow.parentRunId": self.parent_id,
+                "sweep.role": TRIAL,
+                "sweep.trial_id": trial_id,
+                STATE_TAG: "running",
+            }
+            run_id = self.client.create_run(self.exp_id, run_name=trial_id, tags=tags).info.run_id
+            params = {**self.params, **(config or {})}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.runs[trial_id] = run_id
+        return run_id
+
+    def apply(self, op: Op) -> None:
+        from mlflow.entities import Metric
+
+        kind = op["op"]
+        if kind == "parent_end":
+            self.client.set_terminated(self.parent_id, "FINISHED")
+            return
+        if kind == "orphans":
+            self._orphans(set(op["known"]))
+            return
+        run_id = self.run_id(op["trial"], op.get("config"))
+        if kind == "metrics":
+            if op["step"] <= self.last_step.get(op["trial"], 0):
+                return  # an epoch re-run after a restore: MLflow already holds it
+            metrics = [Metric(k, v, op["ts"], op["step"]) for k, v in op["values"].items()]
+            self.client.log_batch(run_id, metrics=metrics)
+            self.last_step[op["trial"]] = op["step"]  # only once written: a failed write is retried
+        elif kind == "tags":
+            for key, value in op["tags"].items():
+                self.client.set_tag(run_id, key, value)
+        elif kind == "artifact":
+            self.client.log_artifact(run_id, op["path"], artifact_path=op["artifact_path"])
+        elif kind == "end":
+            for key, value in op["tags"].items():
+                self.client.set_tag(run_id, key, value)
+            self.client.set_terminated(run_id, op["status"])
+
+    def _orphans(self, known: set[str]) -> None:
+        from sweep.tracking import trial_runs
+
+        for run in trial_runs(self.client, self.exp_id, self.parent_id):
+            if run.info.status == "RUNNING" and run.data.tags.get("sweep.trial_id") not in known:
+                # Created before a crash for a trial Ray never checkpointed: not part of the sweep.
+                self.client.set_tag(run.info.run_id, STATE_TAG, "orphaned")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+
+
+class Journal:
+    """Ordered delivery of operations to a writer, surviving outages of the tracking store."""
+
+    def __init__(self, writer: MlflowWriter, path: Path, retry_every_s: float = 5.0) -> None:
+        self.writer, self.path, self.retry_every_s = writer, path, retry_every_s
+        self.pending: list[Op] = []
+        self._next_try = 0.0
+        self._warned = False
+
+    def submit(self, op: Op) -> bool:
+        """Queue ``op`` and deliver what can be delivered; True when nothing is left pending."""
+        self.pending.append(op)
+        return self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        if self.pending and not force and time.monotonic() < self._next_try:
+            self._spool()
+            return False
+        while self.pending:
+            try:
+                self.writer.apply(self.pending[0])
+            except Exception as e:
+                if not transient(e):
+                    print(f"tracking: dropped a rejected write ({self.pending.pop(0)['op']}): {e}", file=sys.stderr)
+                    continue
+                self._next_try = time.monotonic() + self.retry_every_s
+                self._spool()
+                if not self._warned:
+                    print(
+                        f"tracking: store unreachable ({str(e).splitlines()[0][:200]}); training goes on, "
+                        f"records are kept in {self.path}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self._warned = True
+                return False
+            self._done(self.pending.pop(0))
+        if self._warned:
+            print("tracking: store reachable again, every kept record delivered", file=sys.stderr, flush=True)
+            self._warned = False
+        self.path.unlink(missing_ok=True)
+        return True
+
+    def drain(self, wait_s: float) -> bool:
+        """At the end of a sweep: keep trying for ``wait_s`` seconds, then leave the file for ``sweep sync``."""
+        deadline = time.monotonic() + wait_s
+        while not self.flush(force=True):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(self.retry_every_s, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def _spool(self) -> None:
+        """Write the queue to disk; copy artifacts out of Ray's checkpoint folders, which are recycled."""
+        spool = self.path.with_suffix(".files")
+        for op in self.pending:
+            if op["op"] == "artifact" and not op.get("spooled"):
+                dest = spool / op["trial"] / str(op["step"]) / Path(op["path"]).name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(op["path"], dest)
+                op.update(path=str(dest), spooled=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(op) + "\n" for op in self.pending))
+        tmp.replace(self.path)
+
+    @staticmethod
+    def _done(op: Op) -> None:
+        if op.get("spooled"):
+            Path(op["path"]).unlink(missing_ok=True)
+
+
+def replay(path: Path, writer: MlflowWriter) -> int:
+    """``sweep sync``: deliver a journal file left by a sweep whose store was unreachable at its end."""
+    ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    journal = Journal(writer, path)
+    journal.pending = ops
+    if not journal.flush(force=True):
+        raise ConnectionError(f"the tracking store is still unreachable; {len(journal.pending)} records kept")
+    return len(ops)
