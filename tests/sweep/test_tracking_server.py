@@ -134,49 +134,46 @@ def test_sweep_tracks_into_a_server_on_postgres(server, tmp_path: Path) -> None:
 FIFO = [*QUICK, "scheduler.name=fifo", "budget.trials=2", "fixed.epochs=6", "dataset.image_size=16"]
 
 
+class RunningSweep:
+    """``sweep run`` in a child process, watched through the epochs Ray records on disk."""
+
+    def __init__(self, cwd: Path, *overrides: str) -> None:
+        self.proc = subprocess.Popen(
+            sweep_cmd(*FIFO, *overrides), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.tune_dir = cwd / "results" / "digits-demo" / "tune"
+        self.deadline = time.monotonic() + 240
+
+    def wait_epochs(self, n: int) -> None:
+        while epochs_reported(self.tune_dir) < n:
+            assert self.proc.poll() is None and time.monotonic() < self.deadline
+            time.sleep(0.3)
+
+    def finish(self) -> str:
+        out, _ = self.proc.communicate(timeout=300)
+        assert self.proc.returncode == 0, out[-3000:]
+        return out
+
+
 def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        sweep_cmd(*FIFO, f"tracking.uri={server.url}"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    tune_dir = tmp_path / "results" / "digits-demo" / "tune"
-    deadline = time.monotonic() + 240
-    while epochs_reported(tune_dir) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.3)
+    sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}")
+    sweep.wait_epochs(2)
     server.stop()
-    before = epochs_reported(tune_dir)
-    while epochs_reported(tune_dir) < before + 3:  # training goes on while the store is away
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.3)
-    assert (tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl").exists()
+    sweep.wait_epochs(epochs_reported(sweep.tune_dir) + 3)  # training goes on while the store is away
+    pending = tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl"
+    assert pending.exists()
     server.start()
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    out = sweep.finish()
     assert "store unreachable" in out and "every kept record delivered" in out
     assert_complete(server.url, trials=2, epochs=6)
-    assert not (tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl").exists()
+    assert not pending.exists()
 
 
 def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        sweep_cmd(*FIFO, f"tracking.uri={server.url}", "tracking.drain_s=2"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    tune_dir = tmp_path / "results" / "digits-demo" / "tune"
-    deadline = time.monotonic() + 240
-    while epochs_reported(tune_dir) < 1:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.3)
+    sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}", "tracking.drain_s=2")
+    sweep.wait_epochs(1)
     server.stop()
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    out = sweep.finish()
     pending = tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl"
     assert pending.exists() and "sweep sync" in out
     sync = [sys.executable, "-m", "sweep", "sync", "digits-demo"]
