@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from trainers.registry import did_you_mean
 
-UNFREEZE_LEVELS = ("head", "last1", "last2", "last3", "last4", "all")
 ARCHS = (
     "small_cnn",
     "alexnet",
