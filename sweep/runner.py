@@ -93,7 +93,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         threads=setup.threads,
         cache_dir=setup.cache_dir,
     )
-    TRAINERS.get(setup.trainer).load().fit(params, RayReporter())
+    try:
+        TRAINERS.get(setup.trainer).load().fit(params, RayReporter())
+    finally:
+        if resume_from is not None:  # the trainer has read it; Ray keeps the checkpoint itself
+            shutil.rmtree(resume_from, ignore_errors=True)
 
 
 def sweep_dir(results: Path, name: str) -> Path:
