@@ -207,3 +207,26 @@ def test_accumulated_micro_batches_equal_one_full_batch() -> None:
         )
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_head_only_epochs_then_unfreeze(tmp_path: Path) -> None:
+    """Two-phase fine-tuning: epoch 1 trains only the head, epoch 2 the whole network."""
+    import shutil
+
+    states = []
+
+    class Keep(ListReporter):
+        def report(self, metrics, checkpoint_dir=None, info=None):
+            super().report(metrics, checkpoint_dir, info)
+            kept = tmp_path / f"epoch{metrics['epoch']}"
+            shutil.copytree(checkpoint_dir, kept)
+            states.append(torch.load(kept / "state.pt", weights_only=True)["model"])
+
+    torch.manual_seed(0)
+    initial = build_model("small_cnn", "none", 10)[0].state_dict()
+    hp = {"epochs": 2, "lr": 0.05, "batch_size": 64, "head_only_epochs": 1, "unfreeze": "all"}
+    ClassifierTrainer().fit(TrialParams(DIGITS, {"arch": "small_cnn"}, hp, tmp_path / "w", threads=2), Keep())
+    conv = "features.0.0.weight"
+    assert torch.equal(states[0][conv], initial[conv])  # frozen during the head-only phase
+    assert not torch.equal(states[0]["fc.weight"], initial["fc.weight"])
+    assert not torch.equal(states[1][conv], states[0][conv])  # unfrozen afterwards

@@ -94,3 +94,13 @@ def test_trainable_stages() -> None:
     assert list(trainable_stages("last2", 5)) == [3, 4]
     assert list(trainable_stages("last4", 3)) == [0, 1, 2]
     assert list(trainable_stages("all", 5)) == [0, 1, 2, 3, 4]
+
+
+def test_every_family_gets_head_and_backbone_learning_rates(model) -> None:
+    arch, m = model
+    groups = {g["name"]: g for g in param_groups(m, arch, lr=0.2, backbone_lr_mult=0.1, unfreeze="last2")}
+    head = m.get_submodule(head_name(m))
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in head.parameters()}
+    assert groups["head"]["lr"] == 0.2 and groups["backbone"]["lr"] == pytest.approx(0.02)
+    trainable = {id(p) for p in m.parameters() if p.requires_grad}
+    assert trainable == {id(p) for g in groups.values() for p in g["params"]}
