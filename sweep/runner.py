@@ -136,8 +136,9 @@ def run_sweep(
         exp_id = tracking.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
     except Exception as e:  # nothing has started yet: refuse clearly rather than run untracked
         raise SweepError(f"tracking.uri: cannot reach {tracking.redact(uri)}: {str(e).splitlines()[0][:200]}") from None
+    tags = _common_tags(spec, base)  # once: it asks git for the commit
     parent_id = (
-        json.loads(state_file.read_text())["parent_run_id"] if resume else _new_parent(mlflow, exp_id, spec, base)
+        json.loads(state_file.read_text())["parent_run_id"] if resume else _new_parent(mlflow, exp_id, spec, tags)
     )
     if not resume:
         _atomic_json(
@@ -176,7 +177,7 @@ def run_sweep(
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, tune_config=_tune_config(spec), run_config=_run_config(spec, root, uri, exp_id, parent_id, base)
+            trainable, tune_config=_tune_config(spec), run_config=_run_config(spec, root, uri, exp_id, parent_id, tags)
         )
     return tuner.fit()
 
@@ -212,7 +213,7 @@ def _tune_config(spec: Spec) -> Any:
     )
 
 
-def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, base: Path) -> Any:
+def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, tags: Mapping[str, str]) -> Any:
     from ray import tune
 
     params = {
@@ -221,7 +222,6 @@ def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, b
         "model.weights": spec.model.model_dump().get("weights"),
         "dataset.name": spec.dataset.model_dump()["name"],
     }
-    tags = _common_tags(spec, base)
     callbacks = [
         tracking.MlflowCallback(
             uri,
@@ -261,11 +261,11 @@ def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
     return tags
 
 
-def _new_parent(mlflow: Any, exp_id: str, spec: Spec, base: Path) -> str:
+def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str]) -> str:
     from mlflow.entities import Param
 
     tags = {
-        **_common_tags(spec, base),
+        **common,
         "sweep.role": tracking.PARENT,
         "sweep.metric": ",".join(spec.metric.names),
         "sweep.mode": ",".join(spec.metric.modes),
