@@ -84,7 +84,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     scores = evaluate_best(args.name, results, locate_uri(args.name, results, args.tracking_uri), args.experiment)
     for key, value in scores.items():
         print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
-    print(f"per-class table and confusion matrix in {results / args.name / 'test'}", file=sys.stderr)
+    print(
+        f"per-class tables (and the confusion matrix of a classifier) in {results / args.name / 'test'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from sweep.evaluate import detect_best
+    from sweep.export import locate_uri
+
+    results = Path(args.results)
+    uri = locate_uri(args.name, results, args.tracking_uri)
+    out = Path(args.output)
+    written = detect_best(
+        args.name, results, uri, Path(args.images), out, args.proposals, args.score, args.top_k, args.experiment
+    )
+    print(f"{len(written)} pictures in {out} (also in the best trial's MLflow run, under detect/)")
     return 0
 
 
@@ -167,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")
     export.set_defaults(func=_export)
     name_cmd("evaluate", "score the best trial on the test part").set_defaults(func=_evaluate)
+    detect = name_cmd("detect", "draw the best detector's predictions (and proposals) on images")
+    detect.add_argument("--images", required=True, help="a folder of images (any, not only the dataset's)")
+    detect.add_argument("-o", "--output", required=True, help="folder for the PNG files")
+    detect.add_argument("--proposals", action="store_true", help="also the first stage's top-k proposals, side by side")
+    detect.add_argument("--top-k", type=int, default=50, help="proposals drawn per image (default 50)")
+    detect.add_argument("--score", type=float, default=0.5, help="draw predictions scoring at least this (0.5)")
+    detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
     ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store")
     ui.add_argument("name", nargs="?", help="a sweep whose store to open (default: ./mlruns.db)")

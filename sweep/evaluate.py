@@ -1,24 +1,35 @@
-"""``sweep evaluate``: the best trial's checkpoint scored on the test part the search never saw."""
+"""``sweep evaluate`` and ``sweep detect``: the best trial's checkpoint scored on the test part the search
+never saw, or drawn on any images."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sweep import tracking
 from sweep.errors import SweepError
 from sweep.export import load_table
-from sweep.spec import parse_spec
+from sweep.spec import Spec, parse_spec
 
 
-def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = None) -> dict[str, float]:
-    """Score the best trial on the test part; log ``test_*`` metrics and the report files to its run."""
+@dataclass(frozen=True)
+class BestTrial:
+    spec: Spec
+    trial_id: str
+    run_id: str
+    parent_id: str
+    client: Any
+
+
+def best_trial(name: str, results: Path, uri: str, experiment: str | None = None) -> BestTrial:
+    """The sweep's best trial by its metric, and its MLflow run."""
     record = results / name / "sweep.json"
     if not record.exists():
-        raise SweepError(f"no sweep '{name}' in {results} (its sweep.json holds the dataset to test on)")
+        raise SweepError(f"no sweep '{name}' in {results} (its sweep.json holds the dataset and model)")
     spec = parse_spec(json.loads(record.read_text())["spec"])
-    evaluator = spec.entry.evaluator()
     table = load_table(name, uri, experiment)
     scored = table.frame.dropna(subset=[table.metric])
     if scored.empty:
@@ -32,14 +43,46 @@ def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = N
         for r in tracking.trial_runs(mlflow, exp.experiment_id, table.parent_id)
         if r.data.tags.get("sweep.trial_id") == trial_id
     ]
-    run_id = runs[0].info.run_id
+    return BestTrial(spec, trial_id, runs[0].info.run_id, table.parent_id, mlflow)
+
+
+def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = None) -> dict[str, float]:
+    """Score the best trial on the test part; log ``test_*`` metrics and the report files to its run."""
+    best = best_trial(name, results, uri, experiment)
+    evaluator = best.spec.entry.evaluator()
     out = results / name / "test"
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(mlflow.download_artifacts(run_id, "checkpoints/best.pt", tmp))
-        metrics = evaluator(weights, spec.dataset.model_dump(), out, results / name / "cache")
+        weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
+        metrics = evaluator(weights, best.spec.dataset.model_dump(), out, results / name / "cache")
     from mlflow.entities import Metric
 
-    mlflow.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-    mlflow.log_artifacts(run_id, str(out), artifact_path="test")
-    mlflow.set_tag(table.parent_id, "sweep.best_trial", trial_id)
-    return {"trial": trial_id, **metrics}  # type: ignore[dict-item]
+    best.client.log_batch(best.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+    best.client.log_artifacts(best.run_id, str(out), artifact_path="test")
+    best.client.set_tag(best.parent_id, "sweep.best_trial", best.trial_id)
+    return {"trial": best.trial_id, **metrics}  # type: ignore[dict-item]
+
+
+def detect_best(
+    name: str,
+    results: Path,
+    uri: str,
+    images: Path,
+    out: Path,
+    proposals: bool = False,
+    score: float = 0.5,
+    top_k: int = 50,
+    experiment: str | None = None,
+) -> list[Path]:
+    """Draw the best trial's predictions (and, with ``proposals``, its first stage's top-k proposals beside
+    them) on every image under ``images``; write PNGs to ``out`` and log them to the trial's run."""
+    best = best_trial(name, results, uri, experiment)
+    if best.spec.trainer != "detector":
+        raise SweepError(f"sweep '{name}' trains a {best.spec.trainer}, not a detector")
+    from trainers.detector.report import detect_images, find_images
+
+    files = find_images(images)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
+        written = detect_images(weights, files, out, score, proposals, top_k)
+    best.client.log_artifacts(best.run_id, str(out), artifact_path="detect")
+    return written

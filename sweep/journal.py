@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 Op = dict[str, Any]
 PARENT, TRIAL, STATE_TAG = "parent", "trial", "sweep.state"
+STOP_REASON = "sweep.stop_reason"
+"""Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
 # Fail fast on an unreachable server: the journal, not the HTTP client, does the retrying.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,7 +27,7 @@ class ProgressCallback(Callback):
 
     def _best(self, trials: list[Trial]) -> tuple[float, str] | None:
         scored = [(t.metric_analysis.get(self.metric, {}).get(self.mode), t.trial_id) for t in trials]
-        scored = [(v, t) for v, t in scored if isinstance(v, (int, float))]
+        scored = [(v, t) for v, t in scored if isinstance(v, (int, float)) and math.isfinite(v)]
         if not scored:
             return None
         return max(scored) if self.mode == "max" else min(scored)
@@ -58,6 +59,10 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         epochs = (trial.last_result or {}).get("epoch", 0)
+        reason = (trial.last_result or {}).get("info/sweep.stop_reason")
+        if reason:
+            self._print(trials, f"stopped {trial.trial_id}: {reason}")
+            return
         value = (trial.last_result or {}).get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "–"
         self._print(trials, f"finished {trial.trial_id} after {epochs} epochs, {self.metric}={shown}")

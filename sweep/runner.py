@@ -18,7 +18,9 @@ from sweep.progress import ProgressCallback
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
 from sweep.spec import Spec
+from sweep.tracking import STOP_REASON
 from trainers import TRAINERS, TrialParams
+from trainers.base import Diverged
 
 # Ray writes its experiment state this often, so a killed driver loses at most this much.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
@@ -55,16 +57,23 @@ class TrialSetup:
     threads: int
     trials_dir: Path
     cache_dir: Path
+    metrics: tuple[str, ...] = ()
+    mode: str = "max"
+    """The spec's metric names: a diverged trial reports them as NaN, which Optuna records as failed."""
 
 
 class RayReporter:
     """A :class:`trainers.Reporter` that forwards to ``ray.tune.report``."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
 
     def report(
         self, metrics: Mapping[str, float], checkpoint_dir: Path | None = None, info: Mapping[str, Any] | None = None
     ) -> None:
         from ray import tune
 
+        self.epoch = int(metrics.get("epoch", self.epoch + 1))
         result = {**metrics, **{f"info/{k}": v for k, v in (info or {}).items()}}
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(result, checkpoint=checkpoint)
@@ -92,9 +101,18 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         seed=setup.seed,
         threads=setup.threads,
         cache_dir=setup.cache_dir,
+        metric=setup.metrics[0] if setup.metrics else "",
+        mode=setup.mode,
     )
+    reporter = RayReporter()
     try:
-        TRAINERS.get(setup.trainer).load().fit(params, RayReporter())
+        TRAINERS.get(setup.trainer).load().fit(params, reporter)
+    except Diverged as e:
+        # Ended, not errored: a retry from the last checkpoint would diverge again. The NaN metric
+        # makes Optuna record the trial as failed; the reason becomes the run's tag.
+        epoch = reporter.epoch + 1
+        nan = {name: float("nan") for name in setup.metrics}
+        reporter.report({"epoch": epoch, **nan}, info={STOP_REASON: f"diverged in epoch {epoch}: {e}"})
     finally:
         if resume_from is not None:  # the trainer has read it; Ray keeps the checkpoint itself
             shutil.rmtree(resume_from, ignore_errors=True)
@@ -160,6 +178,8 @@ def run_sweep(
         max(1, int(spec.resources.cpus_per_trial)),
         root / "trials",
         root / "cache",
+        tuple(spec.metric.names),
+        spec.metric.modes[0],
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup),

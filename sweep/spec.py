@@ -261,6 +261,14 @@ def _semantic_problems(raw: RawSpec, broken: set[str]) -> list[str]:
     problems += _block_problems("fixed", raw.fixed, entry.hparams)
     search, search_problems = _parse_search(raw.search, raw.fixed, entry.hparams)
     problems += search_problems + _cross_problems(raw, search)
+    if entry.metrics and "metric" not in broken:
+        for i, name in enumerate(raw.metric.names):
+            if name not in entry.metrics:
+                where = f"metric.name[{i}]" if isinstance(raw.metric.name, list) else "metric.name"
+                problems.append(
+                    f"{where}: the {raw.trainer} trainer reports no '{name}'{did_you_mean(name, list(entry.metrics))}"
+                    f"; choose one of: {', '.join(entry.metrics)}"
+                )
     return problems
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from sweep.journal import PARENT, STATE_TAG, TRIAL, Journal, MlflowWriter
+from sweep.journal import PARENT, STATE_TAG, STOP_REASON, TRIAL, Journal, MlflowWriter
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
-__all__ = ["PARENT", "STATE_TAG", "TRIAL", "MlflowCallback"]
+__all__ = ["PARENT", "STATE_TAG", "STOP_REASON", "TRIAL", "MlflowCallback"]
 
 
 def resolve_uri(uri: str | None, base: Path) -> str:
@@ -178,10 +178,12 @@ class MlflowCallback(Callback):
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
     ) -> None:
-        best = Path(checkpoint.path) / "best.pt"
-        if trial.trial_id in self._improved and best.exists():
+        # best.pt and the trainer's other best_* files (a detector's per-class AP table)
+        files = sorted(Path(checkpoint.path).glob("best*"))
+        if trial.trial_id in self._improved and files:
             step = int((trial.last_result or {}).get("epoch", 0))
-            self._submit(trial, "artifact", path=str(best), artifact_path="checkpoints", step=step)
+            for file in files:
+                self._submit(trial, "artifact", path=str(file), artifact_path="checkpoints", step=step)
             self._improved.discard(trial.trial_id)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -194,6 +196,8 @@ class MlflowCallback(Callback):
         planned = int(trial.config.get("epochs", self.max_epochs))
         # Fewer epochs than planned: stopped by the scheduler (or the trainer's own early stopping).
         state = "completed" if epochs >= planned else "stopped_early"
+        if (trial.last_result or {}).get(f"info/{STOP_REASON}"):
+            state = "diverged"
         self._submit(trial, "end", status="FINISHED", tags={STATE_TAG: state, "sweep.epochs_run": str(epochs)})
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from trainers.base import ListReporter, Reporter, Trainer, TrialParams, TrialResult
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
+from trainers.detector.config import DETECTOR_METRICS, DetectorData, DetectorHParams, DetectorModel
 from trainers.registry import Registry, UnknownNameError
 
 
@@ -31,6 +32,8 @@ class TrainerEntry:
     """``module:function`` that scores a best-weights file on the test part, when the trainer has one."""
     preflight: str | None = None
     """``module:function(dataset, model)`` run in the driver before any trial: raises on missing data."""
+    metrics: tuple[str, ...] = ()
+    """The metrics each epoch's report holds, that a spec's ``metric`` may name."""
 
     def load(self) -> Trainer:
         trainer: Trainer = _resolve(self.impl)()
@@ -57,6 +60,19 @@ TRAINERS.add(
         "trainers.classifier.trainer:ClassifierTrainer",
         "trainers.classifier.report:evaluate_checkpoint",
         "trainers.classifier.trainer:preflight",
+        ("val_top1", "val_top5", "val_loss", "train_loss"),
+    ),
+)
+TRAINERS.add(
+    "detector",
+    TrainerEntry(
+        DetectorData,
+        DetectorModel,
+        DetectorHParams,
+        "trainers.detector.trainer:DetectorTrainer",
+        "trainers.detector.report:evaluate_checkpoint",
+        "trainers.detector.trainer:preflight",
+        DETECTOR_METRICS,
     ),
 )
 

@@ -36,6 +36,10 @@ class TrialParams:
     """CPU threads torch may use (the trial's CPU share)."""
     cache_dir: Path | None = None
     """Where decoded datasets are shared between the trials of a sweep; None keeps them in memory."""
+    metric: str = ""
+    """The metric the sweep optimizes (``mode`` says which way): the trainer keeps its best weights by it
+    when it reports it; empty means the trainer's own choice."""
+    mode: str = "max"
 
 
 @dataclass
@@ -93,6 +97,10 @@ class ListReporter:
         self.metrics.append(dict(metrics))
         self.checkpoints.append(checkpoint_dir)
         self.info.update(info or {})
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite: the trial ends (no retry would fare better) with this reason."""
 
 
 class InputError(ValueError):

@@ -58,3 +58,33 @@ def test_killed_worker_is_retried_from_its_checkpoint_in_the_same_run(tmp_path: 
     steps = [m.step for m in mlflow.get_metric_history(killed.info.run_id, "val_top1")]
     assert steps == [1, 2, 3, 4, 5]
     assert reported_pids(tune_dir)[trial_id][0] != pid  # finished by a new worker
+
+
+def test_diverged_trial_ends_with_its_reason_and_no_retry(tmp_path: Path) -> None:
+    """Non-finite loss: the trial is stopped and marked with the reason, not retried; the sweep goes on."""
+    overrides = [
+        *QUICK,
+        "budget.trials=2",
+        "budget.max_failures=2",
+        "fixed.epochs=2",
+        "scheduler.name=fifo",
+        "sampler.name=grid",
+        "search={lr: {type: categorical, choices: [0.05, 1.0e+30]}, optimizer: {type: categorical, choices: [adam]}}",
+    ]
+    cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
+    cmd += [a for o in overrides for a in ("--set", o)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "diverged in epoch 1: non-finite training loss" in done.stdout
+
+    mlflow = tracking.client(tracking.resolve_uri(None, tmp_path))
+    exp = mlflow.get_experiment_by_name("digits-demo")
+    parent = tracking.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    runs = {float(r.data.params["lr"]): r for r in tracking.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
+    assert sorted(runs) == [0.05, 1e30]
+    bad, good = runs[1e30], runs[0.05]
+    assert bad.info.status == "FINISHED" and bad.data.tags["sweep.state"] == "diverged"
+    assert bad.data.tags["sweep.stop_reason"].startswith("diverged in epoch 1: non-finite training loss")
+    assert "sweep.retries" not in bad.data.tags  # ended, not retried
+    assert good.data.tags["sweep.state"] == "completed"
+    assert [m.step for m in mlflow.get_metric_history(good.info.run_id, "val_top1")] == [1, 2]

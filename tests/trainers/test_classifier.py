@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainers import ListReporter, TrialParams
-from trainers.base import InputError
+from trainers.base import Diverged, InputError
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData, ClassifierHParams
 from trainers.classifier.data import load_splits
@@ -90,7 +90,7 @@ def test_augmentation_runs_on_tensors() -> None:
 
 
 def test_non_finite_loss_stops_the_trial(tmp_path: Path) -> None:
-    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+    with pytest.raises(Diverged, match="non-finite training loss"):
         fit(tmp_path, {"epochs": 2, "lr": 1e30, "batch_size": 64, "optimizer": "adam"})
 
 

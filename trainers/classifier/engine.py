@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from trainers.base import Diverged
 from trainers.classifier.loader import Batches, to_input
 
 
@@ -57,7 +58,7 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     accumulation: Accumulation | None = None,
 ) -> float:
-    """Train on every batch once; return the mean loss. Raise on a non-finite loss.
+    """Train on every batch once; return the mean loss. Raise :class:`Diverged` on a non-finite loss.
 
     On an out-of-memory error the batch is redone in twice as many micro-batches (``accumulation``).
     """
@@ -74,7 +75,7 @@ def train_one_epoch(
                     torch.cuda.empty_cache()
                 acc.grow(len(target), e)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss}) after {count} images")
+            raise Diverged(f"non-finite training loss ({loss}) after {count} images")
         total += loss * len(target)
         count += len(target)
     return total / max(count, 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from trainers.base import InputError
 from trainers.registry import Registry
+from trainers.weights import load_file
 
 Stages = list[list[str]]
 """A backbone's stages, input to output, each a list of module-name prefixes."""
@@ -141,7 +141,7 @@ def build_model(arch: str, weights: str, num_classes: int) -> tuple[nn.Module, s
         model: nn.Module = SmallCNN(num_classes)
         if weights == "imagenet":
             raise InputError("model.weights: small_cnn has no ImageNet weights; use none or a file")
-        return (model, "none") if weights == "none" else (model, _load_file(model, weights))
+        return (model, "none") if weights == "none" else (model, load_file(model, weights))
     import torchvision
 
     if weights == "imagenet":
@@ -150,7 +150,7 @@ def build_model(arch: str, weights: str, num_classes: int) -> tuple[nn.Module, s
         model.load_state_dict(_hub_state_dict(model_weights))
         return replace_head(model, num_classes), f"imagenet:{model_weights}"
     model = replace_head(torchvision.models.get_model(arch, weights=None), num_classes)
-    return (model, "none") if weights == "none" else (model, _load_file(model, weights))
+    return (model, "none") if weights == "none" else (model, load_file(model, weights))
 
 
 def _hub_state_dict(model_weights: object) -> dict[str, torch.Tensor]:
@@ -165,28 +165,6 @@ def _hub_state_dict(model_weights: object) -> dict[str, torch.Tensor]:
             f"downloaded ({e}); put the file there or use weights: none"
         ) from None
     return state
-
-
-def _load_file(model: nn.Module, path: str) -> str:
-    """Load a weights file (a state dict, or a checkpoint this trainer wrote); the head is kept
-    only where its shape matches."""
-    file = Path(path).expanduser()
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"model.weights: file not found: {file}") from None
-    except Exception as e:  # a corrupt, truncated or non-weights file
-        raise InputError(f"model.weights: cannot load {file}: {str(e).splitlines()[0]}") from None
-    state = blob.get("model_state", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise InputError(f"model.weights: {file} holds no state dict")
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise InputError(f"model.weights: no tensor in {file} fits this architecture")
-    model.load_state_dict(usable, strict=False)
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    return f"file:{file.resolve()}#sha256={digest}"
 
 
 def stage_of(name: str, stages: Stages) -> int:
