@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from trainers.base import ListReporter, Reporter, Trainer, TrialParams, TrialResult
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
 from trainers.detector.config import DETECTOR_METRICS, DetectorData, DetectorHParams, DetectorModel
+from trainers.mmdet.config import MmdetHParams, MmdetModel
 from trainers.registry import Registry, UnknownNameError
 
 
@@ -73,6 +74,18 @@ TRAINERS.add(
         "trainers.detector.report:evaluate_checkpoint",
         "trainers.detector.trainer:preflight",
         DETECTOR_METRICS,
+    ),
+)
+TRAINERS.add(
+    "mmdet",
+    TrainerEntry(
+        DetectorData,
+        MmdetModel,
+        MmdetHParams,
+        "trainers.mmdet.trainer:MmdetTrainer",
+        None,
+        "trainers.mmdet.trainer:preflight",
+        DETECTOR_METRICS[:5] + ("train_loss",),
     ),
 )
 
