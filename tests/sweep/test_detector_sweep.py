@@ -1,6 +1,7 @@
 """A real 2-trial detector sweep on a generated VOC dataset: the detector learns (mAP rises clearly over
 the epochs), MLflow holds the runs, `sweep evaluate` scores the test part, `sweep detect` draws pictures."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,9 +126,9 @@ def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: P
     Image.fromarray(samples.astronaut()).save(images / "astronaut.png")  # from outside the dataset
     Image.fromarray(samples.coffee()).save(images / "coffee.jpg")
     shapes = sorted((base / "data" / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[-1]
-    Image.open(shapes).save(images / "shapes.jpg")
+    shutil.copy(shapes, images / "shapes.jpg")
     out = tmp_path / "out"
-    done = _cli(base, "detect", NAME, "--images", str(images), "-o", str(out), "--proposals", "--score", "0.3")
+    done = _cli(base, "detect", NAME, "--images", str(images), "-o", str(out), "--proposals", "--score", "0.2")
     assert done.returncode == 0, done.stderr
     for name, (w, h) in {"astronaut": (512, 512), "coffee": (600, 400), "shapes": (128, 128)}.items():
         pred = Image.open(out / f"{name}.png")
@@ -135,7 +136,8 @@ def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: P
         assert pred.format == "PNG" and pred.size == (w, h) and pair.size == (2 * w + 8, h)
     original = np.asarray(Image.open(shapes).convert("RGB"), dtype=int)
     drawn = np.asarray(Image.open(out / "shapes.png").convert("RGB"), dtype=int)
-    assert (np.abs(drawn - original).sum(axis=2) > 60).mean() > 0.01  # boxes really drawn on the shapes
+    yellow = (drawn == [255, 255, 0]).all(axis=2) & ~(original == [255, 255, 0]).all(axis=2)
+    assert yellow.sum() > 100  # box outlines really drawn on the shapes
     mlflow, _, runs = _runs(uri)
     logged = {a.path for r in runs for a in mlflow.list_artifacts(r.info.run_id, "detect")}
     assert {"detect/shapes.png", "detect/shapes_proposals.png"} <= logged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def proposals(model: nn.Module, image: torch.Tensor, top_k: int) -> torch.Tensor
     """The first stage's top-``top_k`` proposals (RPN, ranked by objectness) in the image's coordinates."""
     images, _ = model.transform([image])  # type: ignore[operator]
     features = model.backbone(images.tensors)  # type: ignore[operator]
+    if isinstance(features, torch.Tensor):  # a single-map backbone, as GeneralizedRCNN wraps it
+        features = OrderedDict([("0", features)])
     boxes, _ = model.rpn(images, features)  # type: ignore[operator]
     # the RPN returns its post-NMS boxes sorted by objectness; undo the resize
     scaled = model.transform.postprocess([{"boxes": boxes[0][:top_k]}], images.image_sizes, [image.shape[-2:]])  # type: ignore[operator]
