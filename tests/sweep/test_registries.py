@@ -76,5 +76,5 @@ def test_every_scheduler_builds(name: str) -> None:
 
 
 def test_trainer_registry() -> None:
-    assert TRAINERS.names() == ["classifier"]
+    assert TRAINERS.names() == ["classifier", "detector", "mmdet"]
     assert TRAINERS.get("classifier").load().fit
