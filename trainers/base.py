@@ -6,11 +6,17 @@ and can be run from a plain Python session or a test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, TypeVar, runtime_checkable
 
+from pydantic import AfterValidator, BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+UserPath = Annotated[str, AfterValidator(os.path.expanduser)]
+"""A path a user writes in a spec: ``~`` is expanded where it is parsed, once."""
 Scalar = int | float | str | bool
 
 
@@ -18,12 +24,13 @@ Scalar = int | float | str | bool
 class TrialParams:
     """Everything one trial needs, resolved: no defaults are filled in downstream."""
 
-    dataset: Mapping[str, Any]
-    """The spec's ``dataset`` block (name, root, image size, split options)."""
-    model: Mapping[str, Any]
-    """The spec's ``model`` block (architecture and weights source)."""
-    hparams: Mapping[str, Any]
-    """Fixed settings merged with the values the sampler chose for this trial."""
+    dataset: BaseModel | Mapping[str, Any]
+    """The spec's ``dataset`` block (name, root, image size, split options), as the trainer's typed block."""
+    model: BaseModel | Mapping[str, Any]
+    """The spec's ``model`` block (architecture and weights source), as the trainer's typed block."""
+    hparams: BaseModel | Mapping[str, Any]
+    """Fixed settings merged with the values the sampler chose for this trial, as the trainer's typed
+    parameters (a plain mapping is validated by the trainer, for use from Python)."""
     work_dir: Path
     """A directory private to this trial (scratch files, best weights)."""
     resume_from: Path | None = None
@@ -100,8 +107,20 @@ class ListReporter:
 
 
 class Diverged(FloatingPointError):
-    """The training loss became NaN or infinite: the trial ends (no retry would fare better) with this reason."""
+    """The training loss became NaN, infinite or exploded: the trial ends (no retry would fare better) with
+    this reason."""
 
 
-class InputError(ValueError):
+class UserError(Exception):
+    """Base of every error that is the user's to fix (bad input, missing files, wrong names): the CLI
+    prints it as one line and exits with code 2. ``sweep.errors.SweepError`` derives from it too."""
+
+
+class InputError(UserError, ValueError):
     """A problem with what the user gave a trainer (data, weights, settings): shown as one line."""
+
+
+def typed(cls: type[M], value: object) -> M:
+    """``value`` as the settings block ``cls``: passed through when the spec already parsed it (a sweep),
+    validated when it is a plain mapping (a trainer called from Python)."""
+    return value if isinstance(value, cls) else cls.model_validate(value)

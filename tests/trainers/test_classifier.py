@@ -96,7 +96,7 @@ def test_non_finite_loss_stops_the_trial(tmp_path: Path) -> None:
 
 def test_imagenet_weights_load_offline_from_the_hub_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(InputError, match=r"resnet18-f37072fd\.pth are not in .*hub/checkpoints"):
+    with pytest.raises(InputError, match=r"resnet18-f37072fd\.pth is not in .*hub/checkpoints"):
         build_model("resnet18", "imagenet", 5)
     import torchvision
 

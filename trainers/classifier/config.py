@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainers.base import UserPath
 from trainers.registry import did_you_mean
 
 ARCHS = (
@@ -56,7 +57,7 @@ class ClassifierData(_Strict):
 
     name: Literal["digits", "imagefolder", "caltech101", "cub200"]
     """Dataset kind: scikit-learn's digits, any ImageFolder tree, Caltech-101, CUB-200-2011."""
-    root: str | None = None
+    root: UserPath | None = None
     """Where the data lies (not used by digits)."""
     image_size: int = Field(224, ge=8, le=1024)
     """Side of the square images the model sees."""
@@ -85,7 +86,7 @@ class ClassifierModel(_Strict):
 
     arch: str = "resnet18"
     """A name from the model registry (torchvision architectures and ``small_cnn``)."""
-    weights: str = "none"
+    weights: UserPath = "none"
     """``imagenet`` (torchvision's default weights), ``none`` (scratch) or a path to a weights file."""
 
     @field_validator("arch")
@@ -127,7 +128,7 @@ class ClassifierHParams(_Strict):
     amp: bool = True
     """Mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU."""
     early_stop_patience: int = Field(0, ge=0)
-    """Stop after this many epochs without improvement of val_top1; 0 turns it off."""
+    """Stop after this many epochs without improvement of the sweep's metric; 0 turns it off."""
     random_resized_crop: bool = False
     hflip: bool = False
     color_jitter: float = Field(0.0, ge=0, le=1)

@@ -79,8 +79,24 @@ def load_splits(cfg: ClassifierData) -> Splits:
     labels = np.asarray(labels, dtype=np.int64)
     idx = np.arange(len(sources))
     trainval, test = idx[~test_mask], idx[test_mask]
+    _check_classes(classes, labels[trainval], cfg)
     train, val = _stratified(trainval, labels[trainval], cfg.val_fraction, cfg.seed)
     return Splits(classes, sources, labels, np.sort(train), np.sort(val), np.sort(test), array)
+
+
+def _check_classes(classes: list[str], labels: np.ndarray, cfg: ClassifierData) -> None:
+    """A classifier needs two classes or more, each with training images: an empty class folder would be
+    a class no trial can learn, and one class trains to a meaningless top-1 of 1.0."""
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [classes[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        shown = ", ".join(f"'{c}'" for c in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise InputError(
+            f"dataset.root: {len(empty)} class folder{'s' if len(empty) > 1 else ''} without training images in "
+            f"{cfg.root}: {shown}; add images or remove the folder"
+        )
+    if len(classes) < 2:
+        raise InputError(f"dataset.root: one class only ('{classes[0]}') in {cfg.root}; a classifier needs two or more")
 
 
 def _stratified(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from trainers.base import Diverged
 from trainers.classifier.loader import Batches, to_input
+from trainers.lifecycle import DivergenceGuard
 
 
 @dataclass
@@ -57,12 +57,15 @@ def train_one_epoch(
     augment: v2.Compose | None,
     grad_clip: float = 0.0,
     accumulation: Accumulation | None = None,
+    guard: DivergenceGuard | None = None,
 ) -> float:
-    """Train on every batch once; return the mean loss. Raise :class:`Diverged` on a non-finite loss.
+    """Train on every batch once; return the mean loss. Raise :class:`Diverged` on a non-finite or
+    exploded loss (``guard``).
 
     On an out-of-memory error the batch is redone in twice as many micro-batches (``accumulation``).
     """
     acc = accumulation or Accumulation()
+    guard = guard or DivergenceGuard()
     total, count = 0.0, 0
     for images, target in batches():
         while True:
@@ -74,8 +77,7 @@ def train_one_epoch(
                 if precision.device.type == "cuda":
                     torch.cuda.empty_cache()
                 acc.grow(len(target), e)
-        if not math.isfinite(loss):
-            raise Diverged(f"non-finite training loss ({loss}) after {count} images")
+        guard.check(loss, count)
         total += loss * len(target)
         count += len(target)
     return total / max(count, 1)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from trainers.base import InputError
 from trainers.registry import Registry
-from trainers.weights import load_file
+from trainers.weights import hub_file, load_file
 
 Stages = list[list[str]]
 """A backbone's stages, input to output, each a list of module-name prefixes."""
@@ -135,36 +134,31 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+def imagenet_url(arch: str) -> str:
+    """Where torchvision's default ImageNet weights of ``arch`` come from."""
+    if arch == "small_cnn":
+        raise InputError("model.weights: small_cnn has no ImageNet weights; use none or a file")
+    import torchvision
+
+    return str(torchvision.models.get_model_weights(arch).DEFAULT.url)  # type: ignore[attr-defined]
+
+
 def build_model(arch: str, weights: str, num_classes: int) -> tuple[nn.Module, str]:
     """Build ``arch`` with a head for ``num_classes``; return it and the weights' identity."""
     if arch == "small_cnn":
         model: nn.Module = SmallCNN(num_classes)
         if weights == "imagenet":
-            raise InputError("model.weights: small_cnn has no ImageNet weights; use none or a file")
+            imagenet_url(arch)
         return (model, "none") if weights == "none" else (model, load_file(model, weights))
     import torchvision
 
     if weights == "imagenet":
-        model_weights = torchvision.models.get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
+        url = imagenet_url(arch)
         model = torchvision.models.get_model(arch, weights=None)
-        model.load_state_dict(_hub_state_dict(model_weights))
-        return replace_head(model, num_classes), f"imagenet:{model_weights}"
+        model.load_state_dict(torch.load(hub_file(url), map_location="cpu", weights_only=True))
+        return replace_head(model, num_classes), f"imagenet:{torchvision.models.get_model_weights(arch).DEFAULT}"
     model = replace_head(torchvision.models.get_model(arch, weights=None), num_classes)
     return (model, "none") if weights == "none" else (model, load_file(model, weights))
-
-
-def _hub_state_dict(model_weights: object) -> dict[str, torch.Tensor]:
-    """torchvision's weights from the torch hub cache, downloaded there when online."""
-    url: str = model_weights.url  # type: ignore[attr-defined]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    try:
-        state: dict[str, torch.Tensor] = torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
-    except OSError as e:  # offline (URLError is an OSError) or unwritable cache
-        raise InputError(
-            f"model.weights: ImageNet weights {cached.name} are not in {cached.parent} and could not be "
-            f"downloaded ({e}); put the file there or use weights: none"
-        ) from None
-    return state
 
 
 def stage_of(name: str, stages: Stages) -> int:

@@ -19,7 +19,8 @@ from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData
 from trainers.classifier.data import load_splits
 from trainers.classifier.engine import Precision, evaluate
-from trainers.classifier.trainer import load_classifier, pick_device
+from trainers.classifier.trainer import load_classifier
+from trainers.lifecycle import pick_device
 
 
 def evaluate_checkpoint(

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
-from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult
+from trainers import lifecycle
+from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult, typed
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
 from trainers.classifier.data import Splits, load_splits
 from trainers.classifier.engine import Accumulation, Precision, evaluate, topk, train_one_epoch
-from trainers.classifier.models import build_model
+from trainers.classifier.models import build_model, imagenet_url
 from trainers.classifier.transfer import apply_unfreeze, param_groups, train_mode
+from trainers.lifecycle import DivergenceGuard, Lifecycle, save_atomic
+from trainers.weights import check_file, hub_file
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+BEST_FILE, STATE_FILE = "best.pt", "state.pt"
+DEFAULT_METRIC = ("val_top1", "max")
 
 
 def make_optimizer(hp: ClassifierHParams, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -84,16 +85,22 @@ def prepare_data(cfg: ClassifierData, hp: ClassifierHParams, seed: int, cache_di
     )
 
 
-def preflight(dataset: dict[str, Any], model: dict[str, Any]) -> dict[str, int]:
-    """Checks run in the driver before any trial starts: the data is there and not empty, a weights
-    file exists. Returns the split sizes."""
-    splits = load_splits(ClassifierData.model_validate(dataset))
-    spec_model = ClassifierModel.model_validate(model)
-    if spec_model.weights not in ("imagenet", "none") and not Path(spec_model.weights).expanduser().is_file():
-        raise InputError(f"model.weights: file not found: {spec_model.weights}")
+def preflight(
+    dataset: BaseModel | Mapping[str, Any], model: BaseModel | Mapping[str, Any], weights: Sequence[str] = ()
+) -> dict[str, int]:
+    """Checks run in the driver before any trial starts: the data is there, has two classes or more and no
+    empty one, both parts hold images; every weights source the trials may use (``weights``, default the
+    model's) loads. Returns the split sizes."""
+    dataset, model = typed(ClassifierData, dataset), typed(ClassifierModel, model)
+    splits = load_splits(dataset)
     for part in ("train", "val"):
         if not len(getattr(splits, part)):
             raise InputError(f"dataset: the {part} part is empty; use more images or another val_fraction")
+    for source in weights or (model.weights,):
+        if source == "imagenet":
+            check_file(hub_file(imagenet_url(model.arch)))
+        elif source != "none":
+            check_file(source)
     return splits.sizes()
 
 
@@ -101,13 +108,11 @@ class ClassifierTrainer:
     """Implements :class:`trainers.base.Trainer` for image classification."""
 
     def fit(self, params: TrialParams, reporter: Reporter) -> TrialResult:
-        cfg = ClassifierData.model_validate(params.dataset)
-        spec_model = ClassifierModel.model_validate(params.model)
-        hp = ClassifierHParams.model_validate(params.hparams)
-        torch.manual_seed(params.seed)
-        torch.set_num_threads(max(1, params.threads))
-        device = pick_device(params.device)
-        params.work_dir.mkdir(parents=True, exist_ok=True)
+        cfg = typed(ClassifierData, params.dataset)
+        spec_model = typed(ClassifierModel, params.model)
+        hp = typed(ClassifierHParams, params.hparams)
+        device = lifecycle.start(params)
+        life = Lifecycle(params, reporter, (BEST_FILE,), DEFAULT_METRIC)
         data = prepare_data(cfg, hp, params.seed, params.cache_dir)
         classes = data.splits.classes
         model, weights_id = build_model(spec_model.arch, hp.weights or spec_model.weights, len(classes))
@@ -117,22 +122,32 @@ class ClassifierTrainer:
         groups = param_groups(model, spec_model.arch, hp.lr, hp.backbone_lr_mult, hp.unfreeze)
         optimizer = make_optimizer(hp, groups)
         schedule = make_schedule(hp, optimizer)
-        best_path = params.work_dir / "best.pt"
-        state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "accumulate": 1}
-        if params.resume_from is not None:
-            state = _restore(params.resume_from, model, optimizer, schedule, best_path)
+        resumed = life.resume(params.resume_from)
+        if resumed is not None:
+            blob = torch.load(resumed / STATE_FILE, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["model"])
+            optimizer.load_state_dict(blob["optimizer"])
+            schedule.load_state_dict(blob["schedule"])
         loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         precision = Precision(device, hp.amp)
         augment = loader.augmenter(hp, cfg.image_size)
         info: dict[str, Scalar] = {**data.info, "weights.source": weights_id, "device": str(device)}
         meta = {"arch": spec_model.arch, "classes": classes, "image_size": cfg.image_size}
-        acc = Accumulation(steps=int(state.get("accumulate", 1)), min_micro_batch=hp.min_micro_batch)
-        start_epoch = int(state["epoch"]) + 1
-        for epoch in range(start_epoch, hp.epochs + 1):
+        acc = Accumulation(steps=int(life.extra.get("accumulate", 1)), min_micro_batch=hp.min_micro_batch)
+        guard = DivergenceGuard()
+        best_path = params.work_dir / BEST_FILE
+
+        def save_state(ckpt: Path) -> None:
+            blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+            torch.save(blob, ckpt / STATE_FILE)
+
+        for epoch in life.epochs(hp.epochs):
             apply_unfreeze(model, spec_model.arch, "head" if epoch <= hp.head_only_epochs else hp.unfreeze)
             train_mode(model)
             retries = acc.retries
-            train_loss = train_one_epoch(model, data.train, optimizer, loss_fn, precision, augment, hp.grad_clip, acc)
+            train_loss = train_one_epoch(
+                model, data.train, optimizer, loss_fn, precision, augment, hp.grad_clip, acc, guard
+            )
             if acc.retries > retries:  # out of memory: said once, in the trial's tags and log
                 info.update({"oom.accumulate": acc.steps, "oom.micro_batch": hp.batch_size // acc.steps})
                 print(
@@ -140,7 +155,7 @@ class ClassifierTrainer:
                     f"{hp.batch_size // acc.steps} (same effective batch)",
                     flush=True,
                 )
-            state["accumulate"] = acc.steps
+            life.extra["accumulate"] = acc.steps
             schedule.step()
             val_loss, logits, target = evaluate(model, data.val, precision)
             metrics = {
@@ -151,62 +166,16 @@ class ClassifierTrainer:
                 "val_top5": topk(logits, target, 5),
                 "lr": optimizer.param_groups[0]["lr"],
             }
-            if metrics["val_top1"] > state["best"]:
-                state.update(best=metrics["val_top1"], best_epoch=epoch)
-                _save_weights(best_path, model, meta, metrics)
-            state["epoch"] = epoch
-            state["history"].append(metrics)
-            with tempfile.TemporaryDirectory(dir=params.work_dir) as tmp:
-                ckpt = Path(tmp)
-                _save_state(ckpt, model, optimizer, schedule, state)
-                shutil.copy(best_path, ckpt / "best.pt")
-                first = epoch == start_epoch  # a fresh or resumed run's first report carries the facts
-                reporter.report(metrics, ckpt, info if first or acc.retries > retries else None)
-            if hp.early_stop_patience and epoch - int(state["best_epoch"]) >= hp.early_stop_patience:
+            life.end_epoch(metrics, partial(_save_weights, best_path, model, meta, metrics), save_state, info)
+            if life.stale(hp.early_stop_patience):
                 break
-        best = max(state["history"], key=lambda m: m["val_top1"])
-        return TrialResult(best_metrics=best, epochs_run=int(state["epoch"]), best_weights=best_path, info=info)
+        return life.result(info)
 
 
 def _save_weights(path: Path, model: nn.Module, meta: dict[str, Any], metrics: dict[str, float]) -> None:
     """The weights plus what is needed to rebuild the model: loads with ``weights_only=True``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model_state": state, **meta, "metrics": metrics}, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-
-
-def _save_state(
-    ckpt: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    state: dict[str, Any],
-) -> None:
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "state": state,
-        },
-        ckpt / "state.pt",
-    )
-
-
-def _restore(
-    ckpt: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    best_path: Path,
-) -> dict[str, Any]:
-    blob = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    schedule.load_state_dict(blob["schedule"])
-    state: dict[str, Any] = blob["state"]
-    shutil.copy(ckpt / "best.pt", best_path)
-    return state
+    save_atomic(path, {"model_state": state, **meta, "metrics": metrics})
 
 
 def load_classifier(path: Path) -> tuple[nn.Module, dict[str, Any]]:

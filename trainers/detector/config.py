@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainers.base import UserPath
 from trainers.registry import did_you_mean
 
 ARCHS = (
@@ -53,9 +54,9 @@ class _Strict(BaseModel):
 class CocoPart(_Strict):
     """One part of a COCO-format dataset: an annotation file and the folder its ``file_name``s are in."""
 
-    annotations: str
+    annotations: UserPath
     """The JSON file (relative to the dataset root, or absolute)."""
-    images: str = ""
+    images: UserPath = ""
     """The image folder (relative to the dataset root, or absolute); default: the root."""
 
 
@@ -64,7 +65,7 @@ class DetectorData(_Strict):
 
     name: Literal["voc", "coco"]
     """``voc``: a VOCdevkit (or one VOC-layout folder of your own classes); ``coco``: COCO-format JSON."""
-    root: str
+    root: UserPath
     """VOC: the VOCdevkit folder (holding VOC2007, VOC2012), or a folder with Annotations/ and JPEGImages/."""
     train: list[str | CocoPart] = ["2007-trainval", "2012-trainval"]
     """VOC: ``YEAR-SET`` (VOC{YEAR}/ImageSets/Main/SET.txt), ``SET`` (ImageSets/Main/SET.txt under the root)
@@ -107,7 +108,7 @@ class DetectorModel(_Strict):
 
     arch: str = "fasterrcnn_resnet50_fpn_v2"
     """A torchvision detector (see ``ARCHS``)."""
-    weights: str = "coco"
+    weights: UserPath = "coco"
     """``coco`` (the COCO-trained detector, heads replaced), ``imagenet`` (backbone only), ``none``,
     or a path to a weights file (a state dict or a checkpoint this trainer wrote)."""
 
@@ -139,10 +140,11 @@ class DetectorHParams(_Strict):
     milestones: list[int] = [8, 11]
     """Epochs after which the step schedule multiplies the learning rate by ``gamma``."""
     gamma: float = Field(0.1, gt=0, le=1)
-    min_size: int = Field(800, ge=32, le=2048)
-    """Input size: the shorter image side the model resizes to (R-CNN, RetinaNet, FCOS; SSDs have their own)."""
-    max_size: int = Field(1333, ge=32, le=4096)
-    """Cap on the longer side after resizing."""
+    min_size: int | None = Field(None, ge=32, le=2048)
+    """Input size: the shorter image side the model resizes to (R-CNN, RetinaNet, FCOS; SSDs have their own);
+    unset: the architecture's own (800 for the ResNet-50 FPN models, 320 for ``*_320_fpn``)."""
+    max_size: int | None = Field(None, ge=32, le=4096)
+    """Cap on the longer side after resizing; unset: the architecture's own (1333, 640 for ``*_320_fpn``)."""
     hflip: bool = True
     """Random horizontal flips in training."""
     grad_clip: float = Field(0.0, ge=0)
@@ -150,7 +152,7 @@ class DetectorHParams(_Strict):
     amp: bool = True
     """Mixed precision on CUDA; ignored on CPU."""
     early_stop_patience: int = Field(0, ge=0)
-    """Stop after this many epochs without improvement of val_map50; 0 turns it off."""
+    """Stop after this many epochs without improvement of the sweep's metric; 0 turns it off."""
     score_thresh: float = Field(0.001, ge=0, lt=1)
     """Detections scoring below this are dropped before evaluation (low, as mAP needs the whole ranking)."""
     detections_per_img: int = Field(100, ge=1)
@@ -161,6 +163,6 @@ class DetectorHParams(_Strict):
 
     @model_validator(mode="after")
     def _sizes(self) -> DetectorHParams:
-        if self.max_size < self.min_size:
+        if self.max_size is not None and self.min_size is not None and self.max_size < self.min_size:
             raise ValueError(f"max_size must be >= min_size, got max_size={self.max_size}, min_size={self.min_size}")
         return self

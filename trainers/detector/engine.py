@@ -3,18 +3,18 @@ torchvision's detection references)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainers.base import Diverged
 from trainers.classifier.engine import Precision
 from trainers.detector.metrics import DetectionEvaluator
+from trainers.lifecycle import DivergenceGuard
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
@@ -25,6 +25,10 @@ def _to(device: torch.device, images: list[torch.Tensor], targets: list[dict[str
     ]
 
 
+def _terms(losses: dict[str, torch.Tensor]) -> str:
+    return ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -32,10 +36,13 @@ def train_one_epoch(
     warmup: torch.optim.lr_scheduler.LRScheduler | None,
     precision: Precision,
     grad_clip: float = 0.0,
+    guard: DivergenceGuard | None = None,
 ) -> dict[str, float]:
     """Train on every batch once; return the mean of the total loss and of each of its terms
-    (``train_loss``, ``train_loss_rpn_box_reg``, ...). Raise :class:`Diverged` on a non-finite loss."""
+    (``train_loss``, ``train_loss_rpn_box_reg``, ...). Raise :class:`Diverged` on a non-finite or
+    exploded loss (``guard``)."""
     model.train()
+    guard = guard or DivergenceGuard()
     sums: dict[str, float] = defaultdict(float)
     count = 0
     for images, targets in batches:
@@ -46,9 +53,7 @@ def train_one_epoch(
             losses = model(images, targets)
         loss = sum(losses.values())
         value = float(loss.item())  # type: ignore[union-attr]
-        if not math.isfinite(value):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise Diverged(f"non-finite training loss ({terms}) after {count} images")
+        guard.check(value, count, partial(_terms, losses))
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         if grad_clip:

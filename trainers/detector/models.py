@@ -129,8 +129,8 @@ def _family(arch: str) -> Callable[[nn.Module, int], None]:
 
 def _size_kwargs(arch: str, hp: DetectorHParams) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"detections_per_img": hp.detections_per_img}
-    if not arch.startswith("ssd"):
-        kwargs |= {"min_size": hp.min_size, "max_size": hp.max_size}
+    if not arch.startswith("ssd"):  # unset sizes leave the builder's own (320/640 for the *_320 models)
+        kwargs |= {k: v for k, v in (("min_size", hp.min_size), ("max_size", hp.max_size)) if v is not None}
     if arch.startswith(("fasterrcnn", "maskrcnn")):
         kwargs["box_score_thresh"] = hp.score_thresh
         kwargs["box_detections_per_img"] = kwargs.pop("detections_per_img")
@@ -172,6 +172,15 @@ BACKBONE_WEIGHTS = {
     "vgg16": "VGG16_Weights.IMAGENET1K_FEATURES",
 }
 """The ImageNet backbone each builder takes (``weights: imagenet``), as torchvision's references use."""
+
+
+def weights_url(arch: str, source: str) -> str:
+    """Where the ``coco`` detector or its ``imagenet`` backbone of ``arch`` comes from."""
+    if arch.endswith("_small"):
+        raise InputError(f"model.weights: {arch} is trained from scratch; use none or a file")
+    if source == "coco":
+        return str(torchvision.models.get_model_weights(arch).DEFAULT.url)  # type: ignore[attr-defined]
+    return str(_backbone_weights(arch).url)
 
 
 def _backbone_weights(arch: str) -> Any:

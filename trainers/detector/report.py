@@ -13,13 +13,13 @@ from torch.utils.data import DataLoader
 
 from trainers.base import InputError
 from trainers.classifier.engine import Precision
-from trainers.classifier.trainer import pick_device
 from trainers.detector.config import DetectorData, has_masks
 from trainers.detector.data import IMAGE_SUFFIXES, DetectionSet, collate, load_splits, read_image
 from trainers.detector.engine import evaluate, foreground
 from trainers.detector.metrics import DetectionEvaluator
 from trainers.detector.models import load_detector
 from trainers.detector.trainer import mask_records
+from trainers.lifecycle import pick_device
 
 
 def evaluate_checkpoint(

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import csv
-import shutil
-import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult
+from trainers import lifecycle
+from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult, typed
 from trainers.classifier.engine import Precision
-from trainers.classifier.trainer import pick_device
 from trainers.detector.config import DetectorData, DetectorHParams, DetectorModel, has_masks
 from trainers.detector.data import DetectionSet, Record, Splits, collate, load_splits
 from trainers.detector.engine import evaluate, train_one_epoch
 from trainers.detector.metrics import DetectionEvaluator
-from trainers.detector.models import build_detector
+from trainers.detector.models import build_detector, weights_url
+from trainers.lifecycle import DivergenceGuard, Lifecycle, save_atomic
+from trainers.weights import check_file, hub_file
 
-DEFAULT_METRIC = "val_map50"
-PER_CLASS_FILE = "best_per_class_ap.csv"
+DEFAULT_METRIC = ("val_map50", "max")
+BEST_FILE, STATE_FILE, PER_CLASS_FILE = "best.pt", "state.pt", "best_per_class_ap.csv"
 
 
 def make_optimizer(hp: DetectorHParams, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -69,26 +71,30 @@ def prepare_parts(cfg: DetectorData, masks: bool) -> _Parts:
     return _Parts(splits.classes, train, val, info)
 
 
-def preflight(dataset: dict[str, Any], model: dict[str, Any]) -> dict[str, Scalar]:
+def preflight(
+    dataset: BaseModel | Mapping[str, Any], model: BaseModel | Mapping[str, Any], weights: Sequence[str] = ()
+) -> dict[str, Scalar]:
     """Checks run in the driver before any trial starts: the annotations parse, the parts are not
-    empty (with masks for Mask R-CNN), a weights file exists."""
-    spec_model = DetectorModel.model_validate(model)
-    if spec_model.weights not in ("coco", "imagenet", "none") and not Path(spec_model.weights).expanduser().is_file():
-        raise InputError(f"model.weights: file not found: {spec_model.weights}")
-    return prepare_parts(DetectorData.model_validate(dataset), has_masks(spec_model.arch)).info
+    empty (with masks for Mask R-CNN), every weights source the trials may use loads."""
+    dataset, model = typed(DetectorData, dataset), typed(DetectorModel, model)
+    info = prepare_parts(dataset, has_masks(model.arch)).info
+    for source in weights or (model.weights,):
+        if source in ("coco", "imagenet"):
+            check_file(hub_file(weights_url(model.arch, source)))
+        elif source != "none":
+            check_file(source)
+    return info
 
 
 class DetectorTrainer:
     """Implements :class:`trainers.base.Trainer` for object detection and instance segmentation."""
 
     def fit(self, params: TrialParams, reporter: Reporter) -> TrialResult:
-        cfg = DetectorData.model_validate(params.dataset)
-        spec_model = DetectorModel.model_validate(params.model)
-        hp = DetectorHParams.model_validate(params.hparams)
-        torch.manual_seed(params.seed)
-        torch.set_num_threads(max(1, params.threads))
-        device = pick_device(params.device)
-        params.work_dir.mkdir(parents=True, exist_ok=True)
+        cfg = typed(DetectorData, params.dataset)
+        spec_model = typed(DetectorModel, params.model)
+        hp = typed(DetectorHParams, params.hparams)
+        device = lifecycle.start(params)
+        life = Lifecycle(params, reporter, (BEST_FILE, PER_CLASS_FILE), DEFAULT_METRIC)
         masks = has_masks(spec_model.arch)
         parts = prepare_parts(cfg, masks)
         model, weights_id = build_detector(spec_model.arch, hp.weights or spec_model.weights, len(parts.classes), hp)
@@ -109,13 +115,16 @@ class DetectorTrainer:
             if warmup_iters
             else None
         )
-        metric = params.metric if params.metric.startswith("val_") else DEFAULT_METRIC
-        better = (lambda a, b: a < b) if params.mode == "min" and metric == params.metric else (lambda a, b: a > b)
-        best_path = params.work_dir / "best.pt"
-        state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "history": [], "iters": 0}
-        if params.resume_from is not None:
-            state = _restore(params.resume_from, model, optimizer, schedule, warmup, params.work_dir)
+        resumed = life.resume(params.resume_from)
+        if resumed is not None:
+            blob = torch.load(resumed / STATE_FILE, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["model"])
+            optimizer.load_state_dict(blob["optimizer"])
+            schedule.load_state_dict(blob["schedule"])
+            if warmup is not None and blob["warmup"] is not None:
+                warmup.load_state_dict(blob["warmup"])
         precision = Precision(device, hp.amp)
+        guard = DivergenceGuard()
         info: dict[str, Scalar] = {
             **parts.info,
             "weights.source": weights_id,
@@ -123,10 +132,19 @@ class DetectorTrainer:
             "model.trainable_params": sum(p.numel() for p in trainable),
         }
         meta = {"arch": spec_model.arch, "classes": parts.classes, "hparams": hp.model_dump()}
-        start_epoch = int(state["epoch"]) + 1
-        for epoch in range(start_epoch, hp.epochs + 1):
+
+        def save_state(ckpt: Path) -> None:
+            blob = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "warmup": warmup.state_dict() if warmup is not None else None,
+            }
+            torch.save(blob, ckpt / STATE_FILE)
+
+        for epoch in life.epochs(hp.epochs):
             active_warmup = warmup if warmup is not None and warmup.last_epoch < warmup_iters else None
-            losses = train_one_epoch(model, train_loader, optimizer, active_warmup, precision, hp.grad_clip)
+            losses = train_one_epoch(model, train_loader, optimizer, active_warmup, precision, hp.grad_clip, guard)
             schedule.step()
             evaluator = DetectionEvaluator(parts.classes, masks, per_class=True)
             speed = evaluate(model, val_loader, evaluator, precision)
@@ -138,29 +156,20 @@ class DetectorTrainer:
                 "lr": optimizer.param_groups[0]["lr"],
                 "infer_img_per_s": speed,
             }
-            if metric not in metrics:
-                raise InputError(f"metric: the detector reports no '{metric}' (it has {', '.join(sorted(metrics))})")
-            if state["best"] is None or better(metrics[metric], state["best"]):
-                state.update(best=metrics[metric], best_epoch=epoch)
-                _save_weights(best_path, model, meta, metrics)
-                _write_rows(params.work_dir / PER_CLASS_FILE, per_class)
-            state["epoch"] = epoch
-            state["history"].append(metrics)
             if train_set.n_unreadable or val_set.n_unreadable:
                 info["data.n_unreadable"] = train_set.n_unreadable + val_set.n_unreadable
-            with tempfile.TemporaryDirectory(dir=params.work_dir) as tmp:
-                ckpt = Path(tmp)
-                _save_state(ckpt, model, optimizer, schedule, warmup, state)
-                for name in ("best.pt", PER_CLASS_FILE):
-                    shutil.copy(params.work_dir / name, ckpt / name)
-                reporter.report(metrics, ckpt, info if epoch == start_epoch or "data.n_unreadable" in info else None)
-            if hp.early_stop_patience and epoch - int(state["best_epoch"]) >= hp.early_stop_patience:
+
+            def save_best(m: dict[str, float] = metrics, rows: list = per_class) -> None:
+                _save_weights(params.work_dir / BEST_FILE, model, meta, m)
+                write_rows(params.work_dir / PER_CLASS_FILE, rows)
+
+            life.end_epoch(metrics, save_best, save_state, info)
+            if life.stale(hp.early_stop_patience):
                 break
-        best = next(m for m in state["history"] if m["epoch"] == state["best_epoch"])
-        return TrialResult(best_metrics=best, epochs_run=int(state["epoch"]), best_weights=best_path, info=info)
+        return life.result(info)
 
 
-def _write_rows(path: Path, rows: list[dict[str, float | str]]) -> None:
+def write_rows(path: Path, rows: list[dict[str, float | str]]) -> None:
     with path.with_suffix(".tmp").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -171,33 +180,4 @@ def _write_rows(path: Path, rows: list[dict[str, float | str]]) -> None:
 def _save_weights(path: Path, model: nn.Module, meta: dict[str, Any], metrics: dict[str, float]) -> None:
     """The weights plus what is needed to rebuild the model: loads with ``weights_only=True``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model_state": state, **meta, "metrics": metrics}, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-
-
-def _save_state(
-    ckpt: Path, model: nn.Module, optimizer: Any, schedule: Any, warmup: Any, state: dict[str, Any]
-) -> None:
-    blob = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "warmup": warmup.state_dict() if warmup is not None else None,
-        "state": state,
-    }
-    torch.save(blob, ckpt / "state.pt")
-
-
-def _restore(
-    ckpt: Path, model: nn.Module, optimizer: Any, schedule: Any, warmup: Any, work_dir: Path
-) -> dict[str, Any]:
-    blob = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    schedule.load_state_dict(blob["schedule"])
-    if warmup is not None and blob["warmup"] is not None:
-        warmup.load_state_dict(blob["warmup"])
-    for name in ("best.pt", PER_CLASS_FILE):
-        shutil.copy(ckpt / name, work_dir / name)
-    state: dict[str, Any] = blob["state"]
-    return state
+    save_atomic(path, {"model_state": state, **meta, "metrics": metrics})

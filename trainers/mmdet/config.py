@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainers.base import UserPath
+
 DEFAULT_ENV = Path("~/.cache/sweep/mmdet-env").expanduser()
 
 
@@ -24,12 +26,12 @@ class MmdetModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config: str
+    config: UserPath
     """An mmdetection config file, or ``mmdet::DIR/FILE.py`` for one shipped inside the mmdet package."""
-    python: str | None = None
+    python: UserPath | None = None
     """The interpreter of the mmdet environment; default ``$SWEEP_MMDET_PYTHON`` or the one
     ``scripts/mmdet-env.sh`` builds in ~/.cache/sweep/mmdet-env."""
-    weights: str = "config"
+    weights: UserPath = "config"
     """``config`` (what the config says: usually an ImageNet backbone through ``init_cfg``), ``none``
     (from scratch), or a checkpoint file to start from (``load_from``)."""
 

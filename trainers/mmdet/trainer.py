@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
-from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult
+from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult, typed
 from trainers.detector.config import DetectorData
 from trainers.detector.data import Record
 from trainers.detector.metrics import DetectionEvaluator
-from trainers.detector.trainer import PER_CLASS_FILE, _write_rows, prepare_parts
+from trainers.detector.trainer import DEFAULT_METRIC, PER_CLASS_FILE, prepare_parts, write_rows
+from trainers.lifecycle import Lifecycle, link_or_copy
 from trainers.mmdet.config import MmdetHParams, MmdetModel, default_python
 
 WORKER = Path(__file__).with_name("worker.py")
 PROTOCOL = "SWEEP-EPOCH "
-CHECKPOINT = "mmdet.pth"
+CHECKPOINT, BEST_FILE = "mmdet.pth", "best.pth"
 
 
 def write_coco(records: list[Record], classes: list[str], path: Path, keep_difficult: bool) -> None:
@@ -85,25 +86,31 @@ def _python(model: MmdetModel) -> str:
     return str(python)
 
 
-def preflight(dataset: dict[str, Any], model: dict[str, Any]) -> dict[str, Scalar]:
-    """In the driver, before any trial: the interpreter, the config file and the data are there."""
-    spec_model = MmdetModel.model_validate(model)
-    _python(spec_model)
-    if not spec_model.config.startswith("mmdet::") and not Path(spec_model.config).expanduser().is_file():
-        raise InputError(f"model.config: file not found: {spec_model.config}")
-    if spec_model.weights not in ("config", "none") and not Path(spec_model.weights).expanduser().is_file():
-        raise InputError(f"model.weights: file not found: {spec_model.weights}")
-    return prepare_parts(DetectorData.model_validate(dataset), masks=False).info
+def preflight(
+    dataset: BaseModel | Mapping[str, Any], model: BaseModel | Mapping[str, Any], weights: Sequence[str] = ()
+) -> dict[str, Scalar]:
+    """In the driver, before any trial: the interpreter, the config file, a weights file and the data are
+    there (``weights`` is the model's own here: mmdet checkpoints are loaded by mmdet in its environment)."""
+    dataset, model = typed(DetectorData, dataset), typed(MmdetModel, model)
+    _python(model)
+    if not model.config.startswith("mmdet::") and not Path(model.config).is_file():
+        raise InputError(f"model.config: file not found: {model.config}")
+    if model.weights not in ("config", "none") and not Path(model.weights).is_file():
+        raise InputError(f"model.weights: file not found: {model.weights}")
+    return prepare_parts(dataset, masks=False).info
 
 
 class MmdetTrainer:
     """Implements :class:`trainers.base.Trainer` by driving an mmdetection training in a subprocess."""
 
     def fit(self, params: TrialParams, reporter: Reporter) -> TrialResult:
-        cfg = DetectorData.model_validate(params.dataset)
-        spec_model = MmdetModel.model_validate(params.model)
-        hp = MmdetHParams.model_validate(params.hparams)
+        cfg = typed(DetectorData, params.dataset)
+        spec_model = typed(MmdetModel, params.model)
+        hp = typed(MmdetHParams, params.hparams)
         python = _python(spec_model)
+        params.work_dir.mkdir(parents=True, exist_ok=True)
+        life = Lifecycle(params, reporter, (BEST_FILE, PER_CLASS_FILE), DEFAULT_METRIC)
+        resumed = life.resume(params.resume_from)
         parts = prepare_parts(cfg, masks=False)
         work = params.work_dir / "mmdet"
         work.mkdir(parents=True, exist_ok=True)
@@ -121,20 +128,18 @@ class MmdetTrainer:
             "classes": parts.classes,
             "hparams": hp.model_dump(),
             "seed": params.seed,
-            "resume_from": str(params.resume_from / CHECKPOINT) if params.resume_from else None,
+            "resume_from": str(resumed / CHECKPOINT) if resumed else None,
         }
         (work / "job.json").write_text(json.dumps(job, indent=2))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env["OMP_NUM_THREADS"] = str(max(1, params.threads))
-        if params.resume_from:  # an mmengine checkpoint this trial wrote itself (it pickles its log buffers)
+        if resumed:  # an mmengine checkpoint this trial wrote itself (it pickles its log buffers)
             env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
         info: dict[str, Scalar] = {
             **parts.info,
             "weights.source": spec_model.weights,
             "mmdet.config": spec_model.config,
         }
-        history: list[dict[str, float]] = []
-        best: float | None = None
         log = (work / "worker.log").open("a")
         tail: deque[str] = deque(maxlen=20)
         proc = subprocess.Popen(
@@ -155,16 +160,16 @@ class MmdetTrainer:
                     continue
                 msg = json.loads(line[len(PROTOCOL) :])
                 metrics, rows = self._score(msg, targets, parts.classes)
-                history.append(metrics)
-                if best is None or metrics["val_map50"] > best:
-                    best = metrics["val_map50"]
-                    shutil.copy(msg["checkpoint"], params.work_dir / "best.pth")
-                    _write_rows(params.work_dir / PER_CLASS_FILE, rows)
-                with tempfile.TemporaryDirectory(dir=params.work_dir) as tmp:
-                    os.link(msg["checkpoint"], Path(tmp) / CHECKPOINT)  # instant; the worker goes on
-                    for name in ("best.pth", PER_CLASS_FILE):
-                        os.link(params.work_dir / name, Path(tmp) / name)
-                    reporter.report(metrics, Path(tmp), info if len(history) == 1 else None)
+                epoch_ckpt = Path(msg["checkpoint"])
+
+                def save_best(ckpt: Path = epoch_ckpt, rows: list = rows) -> None:
+                    link_or_copy(ckpt, params.work_dir / BEST_FILE)  # the worker deletes old epochs' files
+                    write_rows(params.work_dir / PER_CLASS_FILE, rows)
+
+                def save_state(folder: Path, ckpt: Path = epoch_ckpt) -> None:
+                    link_or_copy(ckpt, folder / CHECKPOINT)  # instant; the worker goes on
+
+                life.end_epoch(metrics, save_best, save_state, info)
             if proc.wait() != 0:
                 raise RuntimeError(f"the mmdet worker exited with {proc.returncode}: " + " | ".join(list(tail)[-3:]))
         finally:
@@ -172,8 +177,7 @@ class MmdetTrainer:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             log.close()
-        top = max(history, key=lambda m: m["val_map50"])
-        return TrialResult(top, len(history), params.work_dir / "best.pth", info)
+        return life.result(info)
 
     @staticmethod
     def _score(msg: dict[str, Any], targets: list, classes: list[str]) -> tuple[dict[str, float], list]:

@@ -1,0 +1,179 @@
+"""The life of one trial, written once and composed by every trainer.
+
+A trainer keeps only what is its own (model, data, optimizer, one epoch of training and scoring);
+:class:`Lifecycle` does the rest the same way for all of them: the device, the best epoch by the
+sweep's metric and mode, the best files written once per improvement, the full state saved every
+epoch and restored after a kill (best-so-far and history included), the per-epoch report, early
+stopping, and :class:`DivergenceGuard`, the check that ends a trial whose loss is NaN or exploded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trainers.base import Diverged, InputError, Reporter, Scalar, TrialParams, TrialResult
+
+STATE_FILE = "lifecycle.json"
+EXPLOSION_FACTOR = 1e3
+"""A training loss this many times the first batch's (at least 1) is divergence, not a bad epoch."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def start(params: TrialParams) -> torch.device:
+    """Seed, thread count and work folder of a trial; returns the device it trains on."""
+    torch.manual_seed(params.seed)
+    torch.set_num_threads(max(1, params.threads))
+    params.work_dir.mkdir(parents=True, exist_ok=True)
+    return pick_device(params.device)
+
+
+class DivergenceGuard:
+    """Raises :class:`Diverged` when a batch's loss is not finite, or exceeds ``factor`` times the first
+    batch's loss: a loss of 4e9 at chance accuracy is a diverged trial, not a completed one."""
+
+    def __init__(self, factor: float = EXPLOSION_FACTOR) -> None:
+        self.factor = factor
+        self.reference: float | None = None
+
+    def check(self, loss: float, seen: int, terms: Callable[[], str] | None = None) -> None:
+        """``loss`` of the batch after ``seen`` images; ``terms`` describes its parts in the message."""
+        if not math.isfinite(loss):
+            raise Diverged(f"non-finite training loss ({terms() if terms else loss}) after {seen} images")
+        if self.reference is None:
+            self.reference = max(loss, 1.0)
+        elif loss > self.factor * self.reference:
+            raise Diverged(
+                f"training loss exploded ({terms() if terms else f'{loss:.4g}'}, over {self.factor:.0f}x the "
+                f"first batch's {self.reference:.3g}) after {seen} images"
+            )
+
+
+@dataclass
+class Best:
+    """The best epoch so far by one metric and its direction."""
+
+    metric: str
+    mode: str
+    value: float | None = None
+    epoch: int = 0
+
+    def update(self, metrics: Mapping[str, float]) -> bool:
+        """Take an epoch's metrics; True when they are the new best."""
+        if self.metric not in metrics:
+            have = ", ".join(sorted(k for k in metrics if k != "epoch"))
+            raise InputError(f"metric: the trainer reports no '{self.metric}' (it reports {have})")
+        value = float(metrics[self.metric])
+        if not math.isfinite(value):
+            return False
+        if self.value is None or (value < self.value if self.mode == "min" else value > self.value):
+            self.value, self.epoch = value, int(metrics["epoch"])
+            return True
+        return False
+
+
+class Lifecycle:
+    """Epoch bookkeeping of one trial. ``best_files`` are the files (in the work folder) that the trainer
+    writes for its best epoch; the first is the best weights."""
+
+    def __init__(
+        self,
+        params: TrialParams,
+        reporter: Reporter,
+        best_files: Sequence[str],
+        default_metric: tuple[str, str],
+    ) -> None:
+        metric, mode = (params.metric, params.mode) if params.metric else default_metric
+        self.best = Best(metric, mode)
+        self.work_dir, self.reporter, self.best_files = params.work_dir, reporter, tuple(best_files)
+        self.history: list[dict[str, float]] = []
+        self.epoch = 0
+        self.extra: dict[str, Scalar] = {}
+        """Small trainer state that must survive a resume (e.g. the out-of-memory accumulation)."""
+        self._sent: dict[str, Scalar] | None = None
+
+    def resume(self, ckpt: Path | None) -> Path | None:
+        """Continue from a checkpoint this lifecycle saved: epoch, history, best-so-far and the best files
+        come back. Returns ``ckpt`` so the trainer restores its own state from it."""
+        if ckpt is None:
+            return None
+        saved = json.loads((ckpt / STATE_FILE).read_text())
+        self.epoch, self.history, self.extra = int(saved["epoch"]), saved["history"], saved["extra"]
+        best = saved["best"]
+        if (best["metric"], best["mode"]) == (self.best.metric, self.best.mode):
+            self.best = Best(**best)
+        for name in self.best_files:
+            if (ckpt / name).exists():
+                link_or_copy(ckpt / name, self.work_dir / name)
+        return ckpt
+
+    def epochs(self, total: int) -> range:
+        """The epochs still to run."""
+        return range(self.epoch + 1, total + 1)
+
+    def end_epoch(
+        self,
+        metrics: Mapping[str, float],
+        save_best: Callable[[], None],
+        save_state: Callable[[Path], None],
+        info: Mapping[str, Scalar] | None = None,
+    ) -> bool:
+        """Record one epoch: on a new best ``save_best()`` writes the best files; the full state goes into a
+        fresh checkpoint folder (``save_state(folder)``, plus links to the best files, not copies) that is
+        reported with the metrics. ``info`` is reported when it changed. True when the epoch is the best."""
+        improved = self.best.update(metrics)
+        if improved:
+            save_best()
+        self.epoch = int(metrics["epoch"])
+        self.history.append(dict(metrics))
+        facts = dict(info or {})
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            ckpt = Path(tmp)
+            save_state(ckpt)
+            state = {"epoch": self.epoch, "history": self.history, "extra": self.extra, "best": asdict(self.best)}
+            (ckpt / STATE_FILE).write_text(json.dumps(state))
+            for name in self.best_files:
+                if (self.work_dir / name).exists():
+                    link_or_copy(self.work_dir / name, ckpt / name)
+            changed = facts != self._sent
+            self.reporter.report(metrics, ckpt, facts if changed else None)
+            self._sent = facts
+        return improved
+
+    def stale(self, patience: int) -> bool:
+        """Early stopping: ``patience`` epochs (0 = never) without a new best."""
+        return bool(patience) and self.epoch - self.best.epoch >= patience
+
+    def result(self, info: Mapping[str, Scalar]) -> TrialResult:
+        best = next((m for m in self.history if int(m["epoch"]) == self.best.epoch), self.history[-1])
+        return TrialResult(dict(best), self.epoch, self.work_dir / self.best_files[0], dict(info))
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (instant, no copy), or a copy across file systems."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy(src, dest)
+
+
+def save_atomic(path: Path, blob: object) -> None:
+    """``torch.save`` to a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
