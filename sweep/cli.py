@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sweep.errors import SpecError, SweepError
-from trainers.base import InputError
+from sweep.errors import SweepError
+from trainers.base import UserError
 
-USER_ERROR = 2
+TRIALS_ERRORED, USER_ERROR, INTERRUPTED = 1, 2, 130
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -27,21 +27,30 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweep.export import load_table, render, summary
+    from sweep.export import load_table, locate_uri, render, summary
     from sweep.runner import run_sweep
     from sweep.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
     results = Path(args.results)
-    run_sweep(spec, results=results, resume=args.resume, address=args.address)
-    from sweep.export import locate_uri
-
+    outcome = run_sweep(spec, results=results, resume=args.resume, address=args.address)
     if (results / spec.name / "tracking-pending.jsonl").exists():
-        print(f"sweep {spec.name} finished; its tracking records wait for `sweep sync {spec.name}`")
-        return 0
-    table = load_table(spec.name, locate_uri(spec.name, results, None), spec.tracking.experiment)
-    print(summary(table))
-    print(render(table, "md", top=10))
+        print(f"sweep {spec.name}: its tracking records wait for `sweep sync {spec.name}`")
+    else:
+        table = load_table(spec.name, locate_uri(spec.name, results, None), spec.tracking.experiment)
+        print(summary(table))
+        print(render(table, "md", top=10))
+    if outcome.interrupted:
+        print(f"interrupted; continue with: sweep run {args.spec} --resume", file=sys.stderr)
+        return INTERRUPTED
+    if outcome.errors:
+        trial, reason = outcome.errors[0]
+        print(
+            f"{len(outcome.errors)} of {len(outcome.grid)} trials errored; first, {trial}: {reason} "
+            f"(full tracebacks in {outcome.log})",
+            file=sys.stderr,
+        )
+        return TRIALS_ERRORED
     return 0
 
 
@@ -108,7 +117,7 @@ def _detect(args: argparse.Namespace) -> int:
 def _sync(args: argparse.Namespace) -> int:
     import json
 
-    from sweep import tracking
+    from sweep import store
     from sweep.export import locate_uri
     from sweep.journal import MlflowWriter, replay
 
@@ -119,20 +128,19 @@ def _sync(args: argparse.Namespace) -> int:
         return 0
     record = json.loads((root / "sweep.json").read_text())
     uri = locate_uri(args.name, Path(args.results), args.tracking_uri)
+    if "***" in record.get("tracking_uri", "") and not args.tracking_uri:
+        raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record['tracking_uri']}")
     metric = record["spec"].get("metric", {}).get("name", "val_top1")
     writer = MlflowWriter(
-        tracking.client(uri),
+        store.client(uri),
         record["experiment_id"],
         record["parent_run_id"],
         metric[0] if isinstance(metric, list) else metric,
         {},
         {},
     )
-    try:
-        count = replay(pending, writer)
-    except ConnectionError as e:
-        raise SweepError(f"sync: {e}") from None
-    print(f"sweep {args.name}: {count} kept records delivered to {tracking.redact(uri)}")
+    count = replay(pending, writer, uri)
+    print(f"sweep {args.name}: {count} kept records delivered to {store.redact(uri)}")
     return 0
 
 
@@ -140,6 +148,9 @@ def _ui(args: argparse.Namespace) -> int:
     from sweep.export import locate_uri
 
     uri = locate_uri(args.name or "", Path(args.results), args.tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server has its own UI
+        print(f"the sweeps are on a tracking server; its UI: {uri}")
+        return 0
     exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     print(f"MLflow UI on {uri.split('@')[-1]}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
@@ -204,18 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 every trial ran (completed, stopped early or diverged); 1 some trials errored;
+    2 a user error, nothing started; 130 interrupted (continue with --resume)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return USER_ERROR
-    except (SweepError, InputError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trainers.base import UserError
 
-class SweepError(Exception):
-    """Base of every error that is the user's to fix (bad input, missing files, wrong names)."""
+
+class SweepError(UserError):
+    """An error in what the user asked of the orchestration (spec, names, paths, the tracking store)."""
 
 
 class SpecError(SweepError):
@@ -16,5 +18,7 @@ class SpecError(SweepError):
         self.problems = list(problems)
         self.source = source
         count = len(self.problems)
-        head = f"{source}: {count} problem{'s' if count != 1 else ''}"
-        super().__init__(head + "".join(f"\n  {p}" for p in self.problems))
+        if count == 1:  # one problem, one line
+            super().__init__(f"{source}: {self.problems[0]}")
+            return
+        super().__init__(f"{source}: {count} problems" + "".join(f"\n  {p}" for p in self.problems))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep import tracking
+from sweep import store
 from sweep.errors import SweepError
 from sweep.export import load_table
 from sweep.spec import Spec, parse_spec
@@ -24,23 +24,28 @@ class BestTrial:
     client: Any
 
 
-def best_trial(name: str, results: Path, uri: str, experiment: str | None = None) -> BestTrial:
-    """The sweep's best trial by its metric, and its MLflow run."""
+def sweep_spec(name: str, results: Path) -> Spec:
+    """The spec a sweep ran with, from its record."""
     record = results / name / "sweep.json"
     if not record.exists():
         raise SweepError(f"no sweep '{name}' in {results} (its sweep.json holds the dataset and model)")
-    spec = parse_spec(json.loads(record.read_text())["spec"])
+    return parse_spec(json.loads(record.read_text())["spec"])
+
+
+def best_trial(name: str, results: Path, uri: str, experiment: str | None = None) -> BestTrial:
+    """The sweep's best trial by its metric, and its MLflow run."""
+    spec = sweep_spec(name, results)
     table = load_table(name, uri, experiment)
     scored = table.frame.dropna(subset=[table.metric])
     if scored.empty:
         raise SweepError(f"sweep '{name}' has no trial with a {table.metric} to pick the best by")
     trial_id = str(scored.iloc[0]["trial"])
-    mlflow = tracking.client(uri)
+    mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(experiment or name)
     assert exp is not None  # load_table found the sweep in it
     runs = [
         r
-        for r in tracking.trial_runs(mlflow, exp.experiment_id, table.parent_id)
+        for r in store.trial_runs(mlflow, exp.experiment_id, table.parent_id)
         if r.data.tags.get("sweep.trial_id") == trial_id
     ]
     return BestTrial(spec, trial_id, runs[0].info.run_id, table.parent_id, mlflow)
@@ -48,6 +53,12 @@ def best_trial(name: str, results: Path, uri: str, experiment: str | None = None
 
 def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = None) -> dict[str, float]:
     """Score the best trial on the test part; log ``test_*`` metrics and the report files to its run."""
+    spec = sweep_spec(name, results)
+    if spec.entry.evaluate is None:
+        raise SweepError(
+            f"sweep '{name}' trains with the {spec.trainer} trainer, which has no test evaluation "
+            "(the classifier and detector trainers have)"
+        )
     best = best_trial(name, results, uri, experiment)
     evaluator = best.spec.entry.evaluator()
     out = results / name / "test"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep import tracking
+from sweep import store
 from sweep.errors import SweepError
 
 FORMATS = ("md", "csv", "latex")
@@ -30,40 +30,38 @@ class SweepTable:
 def locate_uri(name: str, results: Path, uri: str | None) -> str:
     """The sweep's tracking URI: the flag, the environment, the sweep's record, or the default store."""
     if uri:
-        return uri
+        return store.connect(uri)
     record = results / name / "sweep.json"
     if record.exists():
         saved = json.loads(record.read_text()).get("tracking_uri", "")
         if saved and "***" not in saved:
-            return str(saved)
-    return tracking.resolve_uri(None, Path("."))
+            return str(saved)  # credentials, where the store needs them, come from the environment
+    return store.connect(store.resolve_uri(None, Path(".")))
 
 
 def load_table(name: str, uri: str, experiment: str | None = None) -> SweepTable:
     """Read the newest parent run of sweep ``name`` and its trials back from MLflow."""
-    mlflow = tracking.client(uri)
+    mlflow = store.client(uri)
     try:
         exp = mlflow.get_experiment_by_name(experiment or name)
     except Exception as e:
-        raise SweepError(
-            f"cannot reach the tracking store {tracking.redact(uri)}: {str(e).splitlines()[0][:200]}"
-        ) from None
-    parents = tracking.parent_runs(mlflow, exp.experiment_id, name) if exp else []
+        raise store.unreachable(uri, e) from None
+    parents = store.parent_runs(mlflow, exp.experiment_id, name) if exp else []
     if exp is None or not parents:
-        raise SweepError(f"no sweep named '{name}' in the tracking store {tracking.redact(uri)}")
+        raise SweepError(f"no sweep named '{name}' in the tracking store {store.redact(uri)}")
     parent = parents[0]
     tags = parent.data.tags
     metric, mode = tags["sweep.metric"].split(",")[0], tags["sweep.mode"].split(",")[0]
     searched = [s for s in tags.get("sweep.searched", "").split(",") if s]
     rows = []
-    for run in tracking.trial_runs(mlflow, exp.experiment_id, parent.info.run_id):
-        if run.data.tags.get(tracking.STATE_TAG) == "orphaned":
+    for run in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id):
+        if run.data.tags.get(store.STATE_TAG) == "orphaned":
             continue
         history = [m.value for m in mlflow.get_metric_history(run.info.run_id, metric)]
         best = (max(history) if mode == "max" else min(history)) if history else math.nan
         row = {"trial": run.data.tags.get("sweep.trial_id", run.info.run_id)}
         row |= {p: _number(run.data.params[p]) if p in run.data.params else None for p in searched}
-        row |= {metric: best, "epochs": len(history), "state": run.data.tags.get(tracking.STATE_TAG, "unknown")}
+        row |= {metric: best, "epochs": len(history), "state": run.data.tags.get(store.STATE_TAG, "unknown")}
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["trial", *searched, metric, "epochs", "state"])
     frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable")

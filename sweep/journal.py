@@ -10,7 +10,6 @@ nothing is logged twice (a re-run epoch whose step MLflow already holds is skipp
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -18,17 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep.errors import SweepError
+from sweep.store import STATE_TAG, TRIAL, redact, trial_runs, unreachable
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 Op = dict[str, Any]
-PARENT, TRIAL, STATE_TAG = "parent", "trial", "sweep.state"
-STOP_REASON = "sweep.stop_reason"
-"""Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
-# Fail fast on an unreachable server: the journal, not the HTTP client, does the retrying.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 _PERMANENT = {
     "INVALID_PARAMETER_VALUE",
     "RESOURCE_ALREADY_EXISTS",
@@ -97,7 +92,7 @@ class MlflowWriter:
 
         kind = op["op"]
         if kind == "parent_end":
-            self.client.set_terminated(self.parent_id, "FINISHED")
+            self.client.set_terminated(self.parent_id, op.get("status", "FINISHED"))
             return
         if kind == "orphans":
             self._orphans(set(op["known"]))
@@ -120,8 +115,6 @@ class MlflowWriter:
             self.client.set_terminated(run_id, op["status"])
 
     def _orphans(self, known: set[str]) -> None:
-        from sweep.tracking import trial_runs
-
         for run in trial_runs(self.client, self.exp_id, self.parent_id):
             if run.info.status == "RUNNING" and run.data.tags.get("sweep.trial_id") not in known:
                 # Created before a crash for a trial Ray never checkpointed: not part of the sweep.
@@ -152,13 +145,16 @@ class Journal:
                 self.writer.apply(self.pending[0])
             except Exception as e:
                 if not transient(e):
-                    print(f"tracking: dropped a rejected write ({self.pending.pop(0)['op']}): {e}", file=sys.stderr)
+                    print(
+                        f"tracking: dropped a rejected write ({self.pending.pop(0)['op']}): {redact(str(e))}",
+                        file=sys.stderr,
+                    )
                     continue
                 self._next_try = time.monotonic() + self.retry_every_s
                 self._spool()
                 if not self._warned:
                     print(
-                        f"tracking: store unreachable ({str(e).splitlines()[0][:200]}); training goes on, "
+                        f"tracking: store unreachable ({redact(str(e).splitlines()[0][:200])}); training goes on, "
                         f"records are kept in {self.path}",
                         file=sys.stderr,
                         flush=True,
@@ -200,11 +196,25 @@ class Journal:
             Path(op["path"]).unlink(missing_ok=True)
 
 
-def replay(path: Path, writer: MlflowWriter) -> int:
-    """``sweep sync``: deliver a journal file left by a sweep whose store was unreachable at its end."""
+def replay(path: Path, writer: MlflowWriter, uri: str) -> int:
+    """``sweep sync``: deliver a journal file left by a sweep whose store was unreachable at its end.
+
+    The file is kept unless every record reached the store that holds the sweep's parent run: a store
+    that is down, refuses the credentials or is not the sweep's own is an error, never a silent drop."""
+    try:
+        parent = writer.client.get_run(writer.parent_id)
+    except Exception as e:
+        if transient(e):
+            raise unreachable(uri, e) from None
+        raise SweepError(
+            f"sync: {redact(uri)} holds no run {writer.parent_id}, the sweep's parent; name the sweep's "
+            f"store with --tracking-uri (records kept in {path})"
+        ) from None
+    if parent.info.experiment_id != writer.exp_id:
+        raise SweepError(f"sync: run {writer.parent_id} in {redact(uri)} is not in the sweep's experiment")
     ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     journal = Journal(writer, path)
     journal.pending = ops
     if not journal.flush(force=True):
-        raise ConnectionError(f"the tracking store is still unreachable; {len(journal.pending)} records kept")
+        raise SweepError(f"sync: {redact(uri)} is still unreachable; {len(journal.pending)} records kept in {path}")
     return len(ops)

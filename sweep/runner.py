@@ -12,20 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep import tracking
+from pydantic import BaseModel
+
+from sweep import store
 from sweep.errors import SweepError
-from sweep.progress import ProgressCallback
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
 from sweep.spec import Spec
-from sweep.tracking import STOP_REASON
+from sweep.store import STOP_REASON
 from trainers import TRAINERS, TrialParams
 from trainers.base import Diverged
 
-# Ray writes its experiment state this often, so a killed driver loses at most this much.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+RAY_ENV = {
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",  # Ray writes its experiment state this often: a killed driver loses little
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+LOG_FILE = "ray.log"
 
 
 def _quiet() -> None:
@@ -37,6 +40,7 @@ def _quiet() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="All-NaN slice")  # ASHA's rung of diverged (NaN) trials
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -50,8 +54,8 @@ class TrialSetup:
     """What every trial of a sweep shares; shipped to the workers once."""
 
     trainer: str
-    dataset: Mapping[str, Any]
-    model: Mapping[str, Any]
+    dataset: BaseModel
+    model: BaseModel
     fixed: Mapping[str, Any]
     seed: int
     threads: int
@@ -92,10 +96,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         resume_from = Path(tempfile.mkdtemp(dir=work_dir, prefix="resume-"))
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_from, dirs_exist_ok=True)
+    entry = TRAINERS.get(setup.trainer)
     params = TrialParams(
         dataset=setup.dataset,
         model=setup.model,
-        hparams={**setup.fixed, **config},
+        hparams=entry.hparams.model_validate({**setup.fixed, **config}),
         work_dir=work_dir,
         resume_from=resume_from,
         seed=setup.seed,
@@ -106,7 +111,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     )
     reporter = RayReporter()
     try:
-        TRAINERS.get(setup.trainer).load().fit(params, reporter)
+        entry.load().fit(params, reporter)
     except Diverged as e:
         # Ended, not errored: a retry from the last checkpoint would diverge again. The NaN metric
         # makes Optuna record the trial as failed; the reason becomes the run's tag.
@@ -122,57 +127,71 @@ def sweep_dir(results: Path, name: str) -> Path:
     return (results / name).resolve()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a sweep ended, for the exit code: every trial ran, some errored, or it was interrupted."""
+
+    grid: Any
+    """Ray Tune's ResultGrid."""
+    interrupted: bool
+    errors: list[tuple[str, str]]
+    """(trial id, one-line reason) of each errored trial."""
+    log: Path
+    """Ray's own log lines and tracebacks."""
+
+
 def run_sweep(
     spec: Spec,
     results: Path = Path("results"),
     resume: bool = False,
     address: str | None = None,
     base: Path = Path("."),
-) -> Any:
-    """Run (or with ``resume``, continue) the sweep; return Ray's ResultGrid."""
-    import ray
-    from ray import tune
-
-    _quiet()
+) -> Outcome:
+    """Run (or with ``resume``, continue) the sweep. Every check that can refuse it (the sweep's folder,
+    its data and weights, the tracking store, the cluster's resources) runs before a trial starts."""
     root = sweep_dir(results, spec.name)
-    tune_dir = root / "tune"
-    state_file = root / "sweep.json"
+    tune_dir, state_file = root / "tune", root / "sweep.json"
     if resume and not state_file.exists():
         raise SweepError(f"--resume: no sweep '{spec.name}' in {root}; run it without --resume first")
     if not resume and tune_dir.exists():
         raise SweepError(f"sweep '{spec.name}' already ran in {root}; continue it with --resume or rename it")
-    if resume:
-        saved = json.loads(state_file.read_text())
-        if saved["spec_hash"] != spec.digest:
-            raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
+    saved = json.loads(state_file.read_text()) if resume else {}
+    if resume and saved["spec_hash"] != spec.digest:
+        raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
     if spec.entry.preflight:
-        _resolve_preflight(spec)
-    root.mkdir(parents=True, exist_ok=True)
-    uri = tracking.resolve_uri(spec.tracking.uri, base)
-    mlflow = tracking.client(uri)
+        _resolve(spec.entry.preflight)(spec.dataset, spec.model, spec.weight_sources())
     try:
-        exp_id = tracking.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"--results: cannot create {root}: {e.strerror}") from None
+    uri = store.connect(store.resolve_uri(spec.tracking.uri, base))
+    mlflow = store.client(uri)
+    try:
+        exp_id = store.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
     except Exception as e:  # nothing has started yet: refuse clearly rather than run untracked
-        raise SweepError(f"tracking.uri: cannot reach {tracking.redact(uri)}: {str(e).splitlines()[0][:200]}") from None
+        raise store.unreachable(uri, e) from None
+    _start_ray(address, root / LOG_FILE)
+    _check_resources(spec)
+    from ray import tune
+
     tags = _common_tags(spec, base)  # once: it asks git for the commit
-    parent_id = (
-        json.loads(state_file.read_text())["parent_run_id"] if resume else _new_parent(mlflow, exp_id, spec, tags)
-    )
-    if not resume:
-        _atomic_json(
-            state_file,
-            {
-                "parent_run_id": parent_id,
-                "experiment_id": exp_id,
-                "spec_hash": spec.digest,
-                "tracking_uri": tracking.redact(uri),
-                "spec": spec.raw,
-            },
-        )
+    if resume:
+        parent_id = saved["parent_run_id"]
+        mlflow.update_run(parent_id, status="RUNNING")
+    else:
+        parent_id = _new_parent(mlflow, exp_id, spec, tags)
+        record = {
+            "parent_run_id": parent_id,
+            "experiment_id": exp_id,
+            "spec_hash": spec.digest,
+            "tracking_uri": store.redact(uri),
+            "spec": spec.raw,
+        }
+        _atomic_json(state_file, record)
     setup = TrialSetup(
         spec.trainer,
-        spec.dataset.model_dump(),
-        spec.model.model_dump(),
+        spec.dataset,
+        spec.model,
         dict(spec.fixed),
         spec.seed,
         max(1, int(spec.resources.cpus_per_trial)),
@@ -185,29 +204,76 @@ def run_sweep(
         tune.with_parameters(run_trial, setup=setup),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            configure_logging=True,
-        )
     if resume:
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, tune_config=_tune_config(spec), run_config=_run_config(spec, root, uri, exp_id, parent_id, tags)
         )
-    return tuner.fit()
+    from sweep.tracking import INTERRUPTED, last_line
+
+    INTERRUPTED.clear()
+    grid = tuner.fit()
+    errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]
+    return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
 
 
-def _resolve_preflight(spec: Spec) -> None:
-    """The trainer's checks of data and weights, before Ray starts or anything is written."""
+def _resolve(path: str) -> Any:
     import importlib
 
-    module, _, func = (spec.entry.preflight or "").partition(":")
-    getattr(importlib.import_module(module), func)(spec.dataset.model_dump(), spec.model.model_dump())
+    module, _, func = path.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _start_ray(address: str | None, log: Path) -> None:
+    """Start (or join) Ray with our environment; its own log lines and tracebacks go to ``log``, our
+    progress lines are the terminal's."""
+    import ray
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    _quiet()
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SweepError(
+                f"--address: cannot join the Ray cluster at {address}: {str(e).splitlines()[0][:200]}"
+            ) from None
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(handler)
+    ray_logger.setLevel(logging.INFO)
+    ray_logger.propagate = False
+
+
+def _check_resources(spec: Spec) -> None:
+    """Refuse what the cluster can never place: such a trial would wait forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    wants = (
+        ("CPU", "cpus_per_trial", spec.resources.cpus_per_trial),
+        ("GPU", "gpus_per_trial", spec.resources.gpus_per_trial),
+    )
+    for key, field, want in wants:
+        if want > have.get(key, 0):
+            ray.shutdown()
+            raise SweepError(
+                f"resources.{field}: {want:g} per trial, but the Ray cluster has {have.get(key, 0):g} {key}s "
+                f"({', '.join(f'{k}: {have.get(k, 0):g}' for k in ('CPU', 'GPU'))}); no trial could ever start"
+            )
 
 
 def _tune_config(spec: Spec) -> Any:
@@ -242,8 +308,11 @@ def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, t
         "model.weights": spec.model.model_dump().get("weights"),
         "dataset.name": spec.dataset.model_dump()["name"],
     }
+    from sweep.progress import ProgressCallback
+    from sweep.tracking import MlflowCallback
+
     callbacks = [
-        tracking.MlflowCallback(
+        MlflowCallback(
             uri,
             exp_id,
             parent_id,
@@ -275,7 +344,7 @@ def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
         "sweep.trainer": spec.trainer,
         "sweep.data_split_seed": str(spec.dataset.model_dump().get("seed", "")),
     }
-    commit = tracking.git_commit(base)
+    commit = store.git_commit(base)
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
@@ -286,7 +355,7 @@ def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str])
 
     tags = {
         **common,
-        "sweep.role": tracking.PARENT,
+        "sweep.role": store.PARENT,
         "sweep.metric": ",".join(spec.metric.names),
         "sweep.mode": ",".join(spec.metric.modes),
         "sweep.searched": ",".join(spec.search),

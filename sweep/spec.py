@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from sweep.errors import SpecError
 from sweep.samplers import SAMPLERS, SCHEDULERS
 from sweep.space import PARAM_TYPES, CategoricalParam, FloatParam, IntParam, condition_problems, range_problems
+from sweep.store import redact
 from trainers import TRAINERS, TrainerEntry
 from trainers.registry import did_you_mean
 
@@ -54,6 +55,13 @@ class MetricSpec(_Block):
     name: str | list[str] = "val_top1"
     """The reported metric to optimise; a list for multi-objective search (nsga2)."""
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str | list[str]) -> str | list[str]:
+        if not name or (isinstance(name, list) and not all(name)):
+            raise ValueError("name a metric (or a list of metrics for a multi-objective search)")
+        return name
 
     @property
     def names(self) -> list[str]:
@@ -141,6 +149,14 @@ class Spec:
     def entry(self) -> TrainerEntry:
         return TRAINERS.get(self.trainer)
 
+    def weight_sources(self) -> tuple[str, ...]:
+        """Every starting point the trials may use: the searched choices, the fixed value, or the model's."""
+        if "weights" in self.search:
+            return tuple(str(c) for c in self.search["weights"].choices)  # type: ignore[union-attr]
+        if self.fixed.get("weights"):
+            return (str(self.fixed["weights"]),)
+        return (str(getattr(self.model, "weights", "none")),)
+
     @property
     def max_epochs(self) -> int:
         """The most epochs any trial can run (the early-stopping schedulers' horizon)."""
@@ -155,16 +171,37 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Read, override and validate a spec file; raise :class:`SpecError` with every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError([f"cannot read the spec: {e.strerror}"], source=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise SpecError([f"byte {e.start}: not UTF-8 text; save the spec as UTF-8"], source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader that refuses duplicate keys)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError([f"{where}not valid YAML ({getattr(e, 'problem', e)})"], source=str(path)) from None
+        raise SpecError([yaml_problem(e)], source=str(path)) from None
     return parse_spec(data, overrides, source=str(path))
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}not valid YAML ({getattr(error, 'problem', None) or error})"
 
 
 def parse_spec(data: Any, overrides: Sequence[str] = (), source: str = "spec") -> Spec:
@@ -206,7 +243,10 @@ def apply_override(data: dict[str, Any], override: str) -> list[str]:
         if not isinstance(child, dict):
             return [f"--set {override}: '{part}' is not a mapping"]
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value else None
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value else None
+    except yaml.YAMLError as e:
+        return [f"--set {override}: the value is {yaml_problem(e)}"]
     return []
 
 
@@ -369,6 +409,8 @@ def _build(raw: RawSpec, data: Mapping[str, Any], source: str) -> Spec:
     entry = TRAINERS.get(raw.trainer)
     search, _ = _parse_search(raw.search, raw.fixed, entry.hparams)
     fixed = entry.hparams.model_validate(raw.fixed).model_dump(include=set(raw.fixed))
+    # Records keep no credentials: a URI's password in the spec (tracking.uri) is replaced by ***.
+    data = json.loads(redact(json.dumps(data, default=str)))
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     return Spec(
         name=raw.name,

@@ -3,16 +3,16 @@
 The driver is the only writer: trials report to Ray Tune, and :class:`MlflowCallback` turns each
 report into metrics (step = epoch), the first report's facts into tags, and each new best into the
 ``checkpoints/best.pt`` artifact. A trial that is retried or resumed finds its run again by its
-``sweep.trial_id`` tag, so it never gets a duplicate.
+``sweep.trial_id`` tag, so it never gets a duplicate. An interrupted sweep (Ctrl-C, SIGTERM) marks its
+parent and its unfinished trials KILLED, so nothing stays RUNNING; ``--resume`` reopens them.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,76 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from sweep.journal import PARENT, STATE_TAG, STOP_REASON, TRIAL, Journal, MlflowWriter
+from sweep.journal import Journal, MlflowWriter
+from sweep.store import STATE_TAG, STOP_REASON, client
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.entities import Run
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
-__all__ = ["PARENT", "STATE_TAG", "STOP_REASON", "TRIAL", "MlflowCallback"]
-
-
-def resolve_uri(uri: str | None, base: Path) -> str:
-    """The tracking URI: the spec's, ``MLFLOW_TRACKING_URI``, or the embedded SQLite store in ``base``."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{(base / 'mlruns.db').resolve()}"
-
-
-def redact(uri: str) -> str:
-    """The URI without its password, for anything printed or logged."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", uri)
-
-
-def client(uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def experiment_id(mlflow: MlflowClient, name: str, uri: str) -> str:
-    """The experiment's id, created on first use; local stores keep artifacts next to the database."""
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return str(mlflow.create_experiment(name, artifact_location=location))
-
-
-def git_commit(path: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
-    """The sweep's parent runs, newest first."""
-    return list(
-        mlflow.search_runs(
-            [exp_id],
-            filter_string=f"tags.`sweep.role` = '{PARENT}' and tags.`sweep.name` = '{name}'",
-            order_by=["attributes.start_time DESC"],
-        )
-    )
-
-
-def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
-    """Every nested trial run of a parent run."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = mlflow.search_runs(
-            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000, page_token=token
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+INTERRUPTED = threading.Event()
+"""Set by the first Ctrl-C or SIGTERM of a running sweep (Ray Tune then stops it, saving its state)."""
 
 
 def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -110,6 +49,28 @@ def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         for k, v in result.items()
         if k not in skip and not k.startswith("info/") and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+
+
+def catch_interrupts() -> None:
+    """Chain in front of Ray Tune's SIGINT handler (it stops the sweep and saves its state) to remember
+    that the sweep was interrupted; SIGTERM is handled the same way. A second Ctrl-C aborts at once."""
+    try:
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def interrupted(signum: int, frame: Any) -> None:
+            if not INTERRUPTED.is_set():
+                print("interrupted: stopping the trials and saving the sweep's state…", file=sys.stderr, flush=True)
+            INTERRUPTED.set()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if callable(ray_handler):
+                ray_handler(signal.SIGINT, frame)
+            else:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, interrupted)
+        signal.signal(signal.SIGTERM, interrupted)
+    except ValueError:  # not the main thread: leave signals to whoever runs us
+        pass
 
 
 class MlflowCallback(Callback):
@@ -139,10 +100,16 @@ class MlflowCallback(Callback):
         self._journal: Journal | None = None
         self._best: dict[str, float] = {}
         self._improved: set[str] = set()
+        self._open: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into Ray's experiment state: keep configuration, not connections or caches.
-        return {**self.__dict__, "_journal": None, "_best": {}, "_improved": set()}
+        return {**self.__dict__, "_journal": None, "_best": {}, "_improved": set(), "_open": set()}
+
+    def setup(
+        self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
+    ) -> None:
+        catch_interrupts()
 
     @property
     def journal(self) -> Journal:
@@ -157,6 +124,7 @@ class MlflowCallback(Callback):
         self.journal.submit({"op": op, "trial": trial.trial_id, "config": dict(trial.config), **fields})
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._open.add(trial.trial_id)
         self._submit(trial, "tags", tags={})
 
     def on_trial_result(
@@ -192,6 +160,7 @@ class MlflowCallback(Callback):
         self._submit(trial, "tags", tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._open.discard(trial.trial_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         planned = int(trial.config.get("epochs", self.max_epochs))
         # Fewer epochs than planned: stopped by the scheduler (or the trainer's own early stopping).
@@ -201,13 +170,24 @@ class MlflowCallback(Callback):
         self._submit(trial, "end", status="FINISHED", tags={STATE_TAG: state, "sweep.epochs_run": str(epochs)})
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._open.discard(trial.trial_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         tags = {STATE_TAG: "errored", "sweep.error": error_line(trial)[:4000], "sweep.epochs_run": str(epochs)}
         self._submit(trial, "end", status="FAILED", tags=tags)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # Trials Ray stopped without completing them: interrupted (resumable), or out of time budget.
+        for trial in (t for t in trials if t.trial_id in self._open):
+            epochs = str(int((trial.last_result or {}).get("epoch", 0)))
+            if INTERRUPTED.is_set():
+                tags = {STATE_TAG: "interrupted", "sweep.epochs_run": epochs}
+                self._submit(trial, "end", status="KILLED", tags=tags)
+            else:
+                tags = {STATE_TAG: "stopped_early", STOP_REASON: "time budget", "sweep.epochs_run": epochs}
+                self._submit(trial, "end", status="FINISHED", tags=tags)
+        self._open.clear()
         self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})
-        self.journal.submit({"op": "parent_end"})
+        self.journal.submit({"op": "parent_end", "status": "KILLED" if INTERRUPTED.is_set() else "FINISHED"})
         if not self.journal.drain(self.drain_s):
             print(
                 f"tracking: store still unreachable; {len(self.journal.pending)} records kept in "
@@ -220,8 +200,10 @@ class MlflowCallback(Callback):
 def error_line(trial: Trial) -> str:
     """The last line of the trial's traceback: the exception and its message."""
     path = getattr(trial, "error_file", None)
-    text = ""
-    if path and Path(path).exists():
-        text = Path(path).read_text()
-    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith(" ")]
+    return last_line(Path(path).read_text() if path and Path(path).exists() else "")
+
+
+def last_line(traceback: str) -> str:
+    """The exception line of a traceback (its last unindented line)."""
+    lines = [line for line in traceback.strip().splitlines() if line.strip() and not line.startswith(" ")]
     return lines[-1] if lines else "trial failed"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sweep import tracking
+from sweep import store
 from sweep.runner import run_sweep
 from sweep.spec import parse_spec
 from tests.trainers.synthetic_voc import make_voc
@@ -56,15 +56,15 @@ def swept(tmp_path_factory):
         }
     )
     run_sweep(spec, results=base / "results", base=base)
-    yield spec, tracking.resolve_uri(None, base), base
+    yield spec, store.resolve_uri(None, base), base
     ray.shutdown()
 
 
 def _runs(uri: str):
-    mlflow = tracking.client(uri)
+    mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(NAME)
-    parent = tracking.parent_runs(mlflow, exp.experiment_id, NAME)[0]
-    return mlflow, parent, tracking.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
+    parent = store.parent_runs(mlflow, exp.experiment_id, NAME)[0]
+    return mlflow, parent, store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
 
 
 def test_the_detector_learns_inside_a_tracked_two_trial_sweep(swept) -> None:
@@ -128,7 +128,7 @@ def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: P
     shapes = sorted((base / "data" / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[-1]
     shutil.copy(shapes, images / "shapes.jpg")
     out = tmp_path / "out"
-    done = _cli(base, "detect", NAME, "--images", str(images), "-o", str(out), "--proposals", "--score", "0.2")
+    done = _cli(base, "detect", NAME, "--images", str(images), "-o", str(out), "--proposals", "--score", "0.05")
     assert done.returncode == 0, done.stderr
     for name, (w, h) in {"astronaut": (512, 512), "coffee": (600, 400), "shapes": (128, 128)}.items():
         pred = Image.open(out / f"{name}.png")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweep import tracking
+from sweep import store
 from sweep.export import load_table, render
 from sweep.runner import run_sweep
 from sweep.spec import load_spec
@@ -27,18 +27,18 @@ def swept(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     os.environ[SECRET_VAR] = SECRET  # planted: it must not reach MLflow or the results
     spec = load_spec(ROOT / "search_spaces" / "demo.yaml", QUICK)
-    grid = run_sweep(spec, results=base / "results", base=base)
-    uri = tracking.resolve_uri(None, base)
+    grid = run_sweep(spec, results=base / "results", base=base).grid
+    uri = store.resolve_uri(None, base)
     yield spec, grid, uri, base
     os.environ.pop(SECRET_VAR, None)
     ray.shutdown()
 
 
 def _runs(uri: str, name: str):
-    mlflow = tracking.client(uri)
+    mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(name)
-    parents = tracking.parent_runs(mlflow, exp.experiment_id, name)
-    return mlflow, parents, tracking.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
+    parents = store.parent_runs(mlflow, exp.experiment_id, name)
+    return mlflow, parents, store.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
 
 
 def test_one_parent_and_one_nested_run_per_trial(swept) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import tracking
+from sweep import store
 from tests.sweep.conftest import QUICK, ROOT
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,7 @@ ARGS = [a for o in [*QUICK, "budget.trials=6", "fixed.epochs=4"] for a in ("--se
 def finished(uri: str, name: str, base: Path) -> int:
     if not (base / "results" / name / "sweep.json").exists():
         return 0  # the driver has not finished creating the store yet: do not race its migrations
-    mlflow = tracking.client(uri)
+    mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         return 0
@@ -37,7 +37,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    uri = tracking.resolve_uri(None, tmp_path)
+    uri = store.resolve_uri(None, tmp_path)
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the child process writes it until killed)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweep", "run", SPEC, *ARGS],
@@ -67,11 +67,11 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
-    mlflow = tracking.client(uri)
+    mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name("digits-demo")
-    parents = tracking.parent_runs(mlflow, exp.experiment_id, "digits-demo")
+    parents = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")
     assert len(parents) == 1
-    runs = tracking.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
+    runs = store.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
     live = [r for r in runs if r.data.tags.get("sweep.state") != "orphaned"]
     assert len(live) == 6, [(r.data.tags.get("sweep.trial_id"), r.data.tags.get("sweep.state")) for r in runs]
     assert len({r.data.tags["sweep.trial_id"] for r in live}) == 6
@@ -82,3 +82,49 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         assert steps == list(range(1, len(steps) + 1)), steps  # nothing logged twice
     trial_dirs = [p for p in (tmp_path / "results" / "digits-demo" / "tune").iterdir() if p.is_dir()]
     assert len(trial_dirs) == 6
+
+
+def test_ctrl_c_exits_130_leaves_nothing_running_and_resume_finishes(tmp_path: Path) -> None:
+    """SIGINT to the whole foreground group, as a terminal's Ctrl-C sends it: Ray Tune stops and saves the
+    sweep, the parent and the interrupted trials end KILLED, exit 130; --resume finishes the budget."""
+    uri = store.resolve_uri(None, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while finished(uri, "digits-demo", tmp_path) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep made no progress"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "continue with: sweep run" in out and "--resume" in out and "Traceback" not in out
+
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name("digits-demo")
+    runs = mlflow.search_runs([exp.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    assert parent.info.status == "KILLED"
+    interrupted = [r for r in runs if r.data.tags.get("sweep.state") == "interrupted"]
+    assert all(r.info.status == "KILLED" for r in interrupted)
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    trials = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
+    live = [r for r in trials if r.data.tags.get("sweep.state") != "orphaned"]
+    assert parent.info.status == "FINISHED" and len(live) == 6
+    assert all(r.info.status == "FINISHED" for r in live)

@@ -97,6 +97,8 @@ def test_unknown_names(path, name) -> None:
     data = copy.deepcopy(BASE)
     known = {
         "classifier",
+        "detector",
+        "mmdet",
         "tpe",
         "random",
         "grid",

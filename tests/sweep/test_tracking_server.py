@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import tracking
+from sweep import store
 from sweep.export import load_table
 from tests.sweep.conftest import QUICK, ROOT
 
@@ -55,7 +55,7 @@ class Server:
         deadline = time.monotonic() + 120
         while True:
             try:
-                tracking.client(self.url).search_experiments()
+                store.client(self.url).search_experiments()
                 return
             except Exception:
                 assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
@@ -97,10 +97,10 @@ def epochs_reported(tune_dir: Path) -> int:
 
 def assert_complete(url: str, trials: int, epochs: int) -> None:
     """Every trial's run holds every epoch exactly once, and ended."""
-    mlflow = tracking.client(url)
+    mlflow = store.client(url)
     exp = mlflow.get_experiment_by_name("digits-demo")
-    parent = tracking.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
-    runs = tracking.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
+    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    runs = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
     assert len(runs) == trials and parent.info.status == "FINISHED"
     for run in runs:
         assert run.info.status == "FINISHED" and run.data.tags["sweep.state"] == "completed"
@@ -169,8 +169,22 @@ def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path) -> None:
     assert not pending.exists()
 
 
+def assert_no_secret(secret: str, url: str, *folders: Path) -> None:
+    """Not in any file of ``folders`` (results/, the server's artifact store) nor in any MLflow param or tag."""
+    for folder in folders:
+        leaks = [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaks, leaks
+    mlflow = store.client(url)
+    for run in mlflow.search_runs([e.experiment_id for e in mlflow.search_experiments()]):
+        assert secret not in repr(run.data.params) + repr(run.data.tags)
+
+
 def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> None:
-    sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}", "tracking.drain_s=2")
+    """A password in the tracking URI: the records kept during the outage reach that same server through
+    `sweep sync`, and the password is in no file, no MLflow record and no output."""
+    password = f"pw-{uuid.uuid4().hex[:12]}"
+    url = server.url.replace("http://", f"http://sweeper:{password}@")
+    sweep = RunningSweep(tmp_path, f"tracking.uri={url}", "tracking.drain_s=2")
     sweep.wait_epochs(1)
     server.stop()
     out = sweep.finish()
@@ -178,9 +192,11 @@ def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> Non
     assert pending.exists() and "sweep sync" in out
     sync = [sys.executable, "-m", "sweep", "sync", "digits-demo"]
     refused = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "still unreachable" in refused.stderr and pending.exists()
+    assert refused.returncode == 2 and "cannot reach" in refused.stderr and pending.exists(), refused.stderr
     server.start()
     done = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "records delivered" in done.stdout, done.stderr
-    assert not pending.exists()
+    assert done.returncode == 0 and "records delivered to http://127.0.0.1" in done.stdout, done.stderr
+    assert not pending.exists() and not (tmp_path / "mlruns.db").exists()
     assert_complete(server.url, trials=2, epochs=6)
+    assert password not in out + refused.stdout + refused.stderr + done.stdout + done.stderr
+    assert_no_secret(password, server.url, tmp_path / "results", server.store)

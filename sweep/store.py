@@ -1,0 +1,173 @@
+"""The MLflow tracking store: its URI, a client, and the queries every command shares. No Ray here:
+``status``, ``export`` and ``sync`` read the store without importing the engine.
+
+Credentials never travel in a URI we keep. :func:`connect` moves a URI's user and password into the
+environment variables the clients read (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` for a tracking
+server, ``PGPASSWORD`` for PostgreSQL) and returns the URI without them, which is what ``sweep.json``,
+Ray's experiment state, MLflow's messages and ours hold.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from sweep.errors import SweepError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+PARENT, TRIAL, STATE_TAG = "parent", "trial", "sweep.state"
+STOP_REASON = "sweep.stop_reason"
+"""Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
+_HTTP_DEFAULTS = {
+    # Fail fast on an unreachable server: the journal, not the HTTP client, does the retrying.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def resolve_uri(uri: str | None, base: Path) -> str:
+    """The tracking URI: the spec's, ``MLFLOW_TRACKING_URI``, or the embedded SQLite store in ``base``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(base / 'mlruns.db').resolve()}"
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it replaced by ``***``."""
+    return re.sub(r"(//[^:/@\s]+):[^@/\s]*@", r"\1:***@", text)
+
+
+def connect(uri: str) -> str:
+    """``uri`` without its credentials, which go where the clients read them (see the module's note)."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    scheme = parts.scheme.split("+")[0]
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    if scheme in ("http", "https"):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+    elif scheme == "postgresql":
+        if parts.password is not None:
+            os.environ["PGPASSWORD"] = unquote(parts.password)
+        netloc = f"{parts.username}@{netloc}" if parts.username else netloc
+    else:  # a store with no password variable: keep it in the URI, redact it wherever it is shown
+        return uri
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client(uri: str) -> MlflowClient:
+    """An MLflow client of ``uri``; an embedded SQLite store is created whole or not at all."""
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if uri.startswith("sqlite:///"):
+        ensure_sqlite(Path(uri.removeprefix("sqlite:///")))
+    try:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=uri)
+    except ImportError as e:
+        raise unreachable(uri, e) from None
+
+
+def ensure_sqlite(path: Path) -> None:
+    """Create the SQLite store at ``path`` atomically: its tables are built in a private file that is
+    renamed into place, under a lock, so a kill mid-creation leaves no half-migrated database and two
+    first sweeps started together both find one whole store."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return
+        for stale in path.parent.glob(f".{path.name}.*.creating"):  # left by a creator killed mid-way
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        for name in ("mlflow.store.db.utils", "alembic"):  # its migration chatter is not our output
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
+            store.engine.dispose()
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def experiment_id(mlflow: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, created on first use; local stores keep artifacts next to the database."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=location))
+    except Exception:  # created by a sweep started at the same moment
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def unreachable(uri: str, error: Exception) -> SweepError:
+    """One line for a store that cannot be used: refused credentials, or no answer."""
+    if isinstance(error, ImportError):  # the store's database driver
+        return SweepError(
+            f"tracking.uri: {redact(uri)} needs the Python package '{error.name}'; install it "
+            "(pip install 'sweep[server]' for PostgreSQL)"
+        )
+    text = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    code = getattr(error, "error_code", "")
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or " 401" in text or " 403" in text:
+        return SweepError(
+            f"tracking.uri: {redact(uri)} refused the credentials ({code or text}); give the user and password "
+            "in the URI or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        )
+    return SweepError(f"tracking.uri: cannot reach {redact(uri)}: {redact(text)}")
+
+
+def git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
+    """The sweep's parent runs, newest first."""
+    return list(
+        mlflow.search_runs(
+            [exp_id],
+            filter_string=f"tags.`sweep.role` = '{PARENT}' and tags.`sweep.name` = '{name}'",
+            order_by=["attributes.start_time DESC"],
+        )
+    )
+
+
+def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
+    """Every nested trial run of a parent run."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = mlflow.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000, page_token=token
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs

@@ -1,0 +1,124 @@
+"""What a user sees when something is wrong: one line, the right exit code, nothing started or written.
+
+Each case runs the real CLI (``sweep.cli.main``) in this process, as a user's command would."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from sweep.cli import main
+from sweep.spec import load_spec
+from tests.sweep.conftest import ROOT
+from tests.trainers.synthetic_voc import make_voc
+from trainers.classifier.config import ClassifierData
+
+DEMO = str(ROOT / "search_spaces" / "demo.yaml")
+
+
+def sweep(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_spec_mistakes_are_one_line_each(tmp_path: Path, capsys) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8 text" in one_line(sweep(capsys, "validate", str(latin1))[2])
+    code, _, err = sweep(capsys, "validate", DEMO, "--set", "fixed.epochs=[")
+    assert code == 2 and "--set fixed.epochs=[: the value is line 1, column 2: not valid YAML" in one_line(err)
+    for command in ("validate", "run"):
+        code, _, err = sweep(capsys, command, DEMO, "--set", "metric.name=[]")
+        assert code == 2 and "metric.name: name a metric" in one_line(err)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text((ROOT / "search_spaces" / "demo.yaml").read_text() + "seed: 3\nseed: 4\n")
+    code, _, err = sweep(capsys, "validate", str(twice))
+    assert code == 2 and "key 'seed' appears twice in one mapping" in one_line(err)
+
+
+def test_home_is_expanded_in_data_paths(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ClassifierData(name="imagefolder", root="~/pets").root == str(tmp_path / "pets")
+
+
+def test_paths_stores_and_commands_that_cannot_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = sweep(capsys, "run", DEMO, "--results", "/proc/x")
+    assert code == 2 and "--results: cannot create /proc/x/digits-demo" in one_line(err)
+    code, _, err = sweep(capsys, "run", DEMO, "--set", "tracking.uri=mysql://u:hunter2@127.0.0.1/x")
+    assert code == 2 and "needs the Python package 'MySQLdb'" in one_line(err) and "hunter2" not in err
+    code, out, _ = sweep(capsys, "ui", "--tracking-uri", "http://127.0.0.1:5999")
+    assert code == 0 and "http://127.0.0.1:5999" in out
+    record = tmp_path / "results" / "yolo" / "sweep.json"
+    record.parent.mkdir(parents=True)
+    mmdet_spec = yaml.safe_load((ROOT / "search_spaces" / "yolov3.yaml").read_text())
+    record.write_text(json.dumps({"spec": mmdet_spec, "tracking_uri": ""}))
+    code, _, err = sweep(capsys, "evaluate", "yolo")
+    assert code == 2 and "mmdet trainer, which has no test evaluation" in one_line(err)
+    assert not list(tmp_path.glob("results/digits-demo/*"))
+
+
+def folder_of_classes(root: Path, counts: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_data_and_weights_are_refused_before_any_trial(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    one = folder_of_classes(tmp_path / "one", {"cat": 6})
+    code, _, err = sweep(capsys, "run", DEMO, "--set", "dataset={name: imagefolder, root: " + str(one) + "}")
+    assert code == 2 and "one class only ('cat')" in one_line(err)
+    empty = folder_of_classes(tmp_path / "empty", {"cat": 6, "dog": 6, "owl": 0})
+    code, _, err = sweep(capsys, "run", DEMO, "--set", "dataset={name: imagefolder, root: " + str(empty) + "}")
+    assert code == 2 and "1 class folder without training images" in one_line(err) and "'owl'" in err
+    code, _, err = sweep(capsys, "run", DEMO, "--set", "model={arch: resnet18, weights: imagenet}")
+    assert code == 2 and "resnet18-f37072fd.pth is not in" in one_line(err) and "could not be downloaded" in err
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    code, _, err = sweep(capsys, "run", DEMO, "--set", f"model.weights={tmp_path / 'random.pt'}")
+    assert code == 2 and "cannot load" in one_line(err)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+@pytest.mark.e2e
+def test_what_the_cluster_can_never_place_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = sweep(capsys, "run", DEMO, "--set", "resources.cpus_per_trial=64")
+    assert code == 2 and "resources.cpus_per_trial: 64 per trial, but the Ray cluster has" in one_line(err)
+    assert not (tmp_path / "results" / "digits-demo" / "tune").exists()
+
+
+@pytest.mark.e2e
+def test_errored_trials_exit_1_with_the_first_reason_and_no_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A wrong interpreter for the mmdet backend: each trial errors; the exit code says so, the terminal gets
+    one line for it and Ray's tracebacks go to the sweep's log file."""
+    monkeypatch.chdir(tmp_path)
+    make_voc(tmp_path, n_trainval=8, n_test=2, size=64)
+    overrides = [
+        "budget={trials: 2, max_concurrent: 2, max_failures: 0}",
+        "model.python=/bin/false",
+        f"dataset.root={tmp_path / 'VOCdevkit'}",
+        "dataset.train=[2007-trainval]",
+        "dataset.test=null",
+        "resources={cpus_per_trial: 1, gpus_per_trial: 0}",
+    ]
+    spec = str(ROOT / "search_spaces" / "yolov3.yaml")
+    code, out, err = sweep(capsys, "run", spec, *[a for o in overrides for a in ("--set", o)])
+    name = load_spec(spec).name
+    assert code == 1, out + err
+    assert "2 of 2 trials errored; first" in err and "the mmdet worker exited with 1" in err
+    assert "Traceback" not in out + err
+    assert "Traceback" in (tmp_path / "results" / name / "ray.log").read_text()

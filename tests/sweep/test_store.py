@@ -1,0 +1,75 @@
+"""The tracking store: credentials kept out of every URI we record, and an embedded store that is created
+whole or not at all (a kill -9 mid-creation, two first sweeps at once)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep import store
+from sweep.errors import SweepError
+
+
+def test_credentials_leave_the_uri_for_the_clients_environment(monkeypatch) -> None:
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    assert store.connect("http://alice:s3cr%40t@mlflow.lab:5000/") == "http://mlflow.lab:5000/"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr@t"
+    assert store.connect("postgresql+psycopg2://ml:pw@db:5432/mlflow") == "postgresql+psycopg2://ml@db:5432/mlflow"
+    assert os.environ["PGPASSWORD"] == "pw"
+    assert store.connect("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert store.redact("mysql://u:pw@h/db and http://a:b@c") == "mysql://u:***@h/db and http://a:***@c"
+
+
+def test_a_missing_database_driver_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SweepError, match=r"mysql://u:\*\*\*@127.0.0.1/x needs the Python package 'MySQLdb'"):
+        client = store.client("mysql://u:pw@127.0.0.1/x")
+        store.experiment_id(client, "e", "mysql://u:pw@127.0.0.1/x")
+
+
+CREATE = "import sys; from sweep import store; store.ensure_sqlite(__import__('pathlib').Path(sys.argv[1]))"
+
+
+def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path) -> None:
+    db = tmp_path / "mlruns.db"
+    for delay in (0.0, 0.3):
+        proc = subprocess.Popen([sys.executable, "-c", CREATE, str(db)], cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".mlruns.db.*.creating")):  # killed mid-migration, not before
+            assert proc.poll() is None and time.monotonic() < deadline, "the store was created before the kill"
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not db.exists()  # never a half-built store in place
+    status = subprocess.run(
+        [sys.executable, "-m", "sweep", "status", "nothing-here"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert status.returncode == 2 and status.stderr.count("\n") == 1, status.stderr
+    assert "no sweep named 'nothing-here'" in status.stderr
+    assert db.exists() and not list(tmp_path.glob(".mlruns.db.*.creating"))
+
+
+SAME = (
+    "import sys; from sweep import store; uri = 'sqlite:///' + sys.argv[1]; c = store.client(uri); "
+    "e = store.experiment_id(c, 'shared', uri); c.create_run(e); print(e)"
+)
+
+
+def test_two_first_sweeps_at_once_share_one_whole_store(tmp_path: Path) -> None:
+    db = tmp_path / "mlruns.db"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAME, str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0] == outs[1][0]  # one experiment
+    mlflow = store.client(f"sqlite:///{db}")
+    assert len(mlflow.search_runs([outs[0][0].strip()])) == 2
