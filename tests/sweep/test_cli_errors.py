@@ -122,3 +122,16 @@ def test_errored_trials_exit_1_with_the_first_reason_and_no_traceback(tmp_path: 
     assert "2 of 2 trials errored; first" in err and "the mmdet worker exited with 1" in err
     assert "Traceback" not in out + err
     assert "Traceback" in (tmp_path / "results" / name / "ray.log").read_text()
+
+
+def test_commands_that_read_the_store_do_not_import_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from sweep.cli import main; "
+        "codes = [main(['status', 'x']), main(['export', 'x']), main(['sync', 'x'])]; "
+        "print(codes, 'ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[2, 2, 0] False", done.stdout + done.stderr

@@ -295,3 +295,14 @@ def test_collate_leaves_out_unreadable_images(voc, tmp_path: Path) -> None:
     dataset = DetectionSet(records, splits.classes, train=True)
     images, targets = collate([dataset[0], dataset[1]])
     assert len(images) == len(targets) == 1 and dataset.n_unreadable == 1
+
+
+@pytest.mark.parametrize(
+    ("arch", "sizes"),
+    [("fasterrcnn_mobilenet_v3_large_320_fpn", ((320,), 640)), ("fasterrcnn_resnet50_fpn", ((800,), 1333))],
+)
+def test_unset_input_size_is_the_architectures_own(arch: str, sizes: tuple) -> None:
+    model, _ = build_detector(arch, "none", 3, DetectorHParams())
+    assert (tuple(model.transform.min_size), model.transform.max_size) == sizes
+    model, _ = build_detector(arch, "none", 3, DetectorHParams(min_size=256, max_size=400))
+    assert (tuple(model.transform.min_size), model.transform.max_size) == ((256,), 400)
