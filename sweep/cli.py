@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,6 +118,7 @@ def _sync(args: argparse.Namespace) -> int:
     from sweep import store
     from sweep.export import locate_uri
     from sweep.journal import MlflowWriter, replay
+    from sweep.spec import MetricSpec
 
     root = Path(args.results) / args.name
     pending = root / "tracking-pending.jsonl"
@@ -130,34 +129,69 @@ def _sync(args: argparse.Namespace) -> int:
     uri = locate_uri(args.name, Path(args.results), args.tracking_uri)
     if "***" in record.get("tracking_uri", "") and not args.tracking_uri:
         raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record['tracking_uri']}")
-    metric = record["spec"].get("metric", {}).get("name", "val_top1")
-    writer = MlflowWriter(
-        store.client(uri),
-        record["experiment_id"],
-        record["parent_run_id"],
-        metric[0] if isinstance(metric, list) else metric,
-        {},
-        {},
-    )
+    metric = MetricSpec.model_validate(record["spec"].get("metric", {}))
+    objectives = list(zip(metric.names, metric.modes, strict=True))
+    writer = MlflowWriter(store.client(uri), record["experiment_id"], record["parent_run_id"], objectives, {}, {})
     count = replay(pending, writer, uri)
     print(f"sweep {args.name}: {count} kept records delivered to {store.redact(uri)}")
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from sweep import store
     from sweep.export import locate_uri
+    from sweep.serve import serve, tool
 
     uri = locate_uri(args.name or "", Path(args.results), args.tracking_uri)
-    if uri.startswith(("http://", "https://")):  # a tracking server has its own UI
-        print(f"the sweeps are on a tracking server; its UI: {uri}")
+    exp_id = None
+    if args.name:
+        try:
+            found = store.client(uri).get_experiment_by_name(args.experiment or args.name)
+        except Exception as e:
+            raise store.unreachable(uri, e) from None
+        if found is None:
+            raise SweepError(f"no sweep named '{args.name}' in the tracking store {store.redact(uri)}")
+        exp_id = found.experiment_id
+    if uri.startswith(("http://", "https://")):  # a tracking server has its UI already
+        print(f"MLflow UI of the tracking server: {store.runs_link(uri, exp_id)}")
         return 0
-    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    print(f"MLflow UI on {uri.split('@')[-1]}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+    url = _free_url(args.host, args.port)
+    cmd = [tool("mlflow"), "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd += ["--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI job runners: not needed to read sweeps
+    return serve(cmd, f"{url}/health", store.runs_link(url, exp_id), "MLflow UI", env)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from sweep.serve import serve, tool
+    from sweep.study import study_link, study_storage
+
+    storage = study_storage(args.name, Path(args.results))
+    url = _free_url(args.host, args.port)
+    cmd = [tool("optuna-dashboard"), storage, "--host", args.host, "--port", str(args.port)]
+    return serve(cmd, f"{url}/api/studies", study_link(url, storage, args.name), "optuna-dashboard")
+
+
+def _tensorboard(args: argparse.Namespace) -> int:
+    from sweep.serve import serve, tool
+
+    logdir = Path(args.results) / args.name / "tune"
+    if not logdir.is_dir():
+        raise SweepError(f"no sweep '{args.name}' in {args.results} (no {logdir})")
+    url = _free_url(args.host, args.port)
+    cmd = [tool("tensorboard"), "--logdir", str(logdir), "--host", args.host, "--port", str(args.port)]
+    return serve(cmd, f"{url}/data/environment", url, "TensorBoard")
+
+
+def _free_url(host: str, port: int) -> str:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SweepError(f"--port: {host}:{port} is in use ({e.strerror}); choose another with --port") from None
+    return f"http://{host}:{port}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,12 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score", type=float, default=0.5, help="draw predictions scoring at least this (0.5)")
     detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
-    ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store")
-    ui.add_argument("name", nargs="?", help="a sweep whose store to open (default: ./mlruns.db)")
+    ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store, opened on a sweep's runs")
+    ui.add_argument("name", nargs="?", help="the sweep whose runs to open (default: the store's experiments)")
     ui.add_argument("--tracking-uri")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", help="MLflow experiment (default: the sweep's name)")
     ui.set_defaults(func=_ui)
+    board = name_cmd("dashboard", "optuna-dashboard on the sweep's Optuna study")
+    board.set_defaults(func=_dashboard)
+    tb = name_cmd("tensorboard", "TensorBoard on the trials' event files")
+    tb.set_defaults(func=_tensorboard)
+    for p, port in ((ui, 5000), (board, 8080), (tb, 6006)):
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=port, help="port to serve on (default: %(default)s)")
     for p in sub.choices.values():
         p.add_argument("--results", default="results", help="folder of sweep results (default: results)")
     return parser

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep import store
+from sweep import records, store
 from sweep.errors import SweepError
 
 FORMATS = ("md", "csv", "latex")
@@ -51,20 +51,31 @@ def load_table(name: str, uri: str, experiment: str | None = None) -> SweepTable
         raise SweepError(f"no sweep named '{name}' in the tracking store {store.redact(uri)}")
     parent = parents[0]
     tags = parent.data.tags
-    metric, mode = tags["sweep.metric"].split(",")[0], tags["sweep.mode"].split(",")[0]
+    metrics, modes = tags["sweep.metric"].split(","), tags["sweep.mode"].split(",")
+    metric, mode = metrics[0], modes[0]
     searched = [s for s in tags.get("sweep.searched", "").split(",") if s]
     rows = []
     for run in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id):
         if run.data.tags.get(store.STATE_TAG) == "orphaned":
             continue
-        history = [m.value for m in mlflow.get_metric_history(run.info.run_id, metric)]
-        best = (max(history) if mode == "max" else min(history)) if history else math.nan
+        history = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id, metric)}
+        usable = {k: v for k, v in history.items() if math.isfinite(v)}
+        pick = max if mode == "max" else min
+        at = pick(usable, key=lambda k: usable[k]) if usable else None  # the best epoch, first of ties
         row = {"trial": run.data.tags.get("sweep.trial_id", run.info.run_id)}
         row |= {p: _number(run.data.params[p]) if p in run.data.params else None for p in searched}
-        row |= {metric: best, "epochs": len(history), "state": run.data.tags.get(store.STATE_TAG, "unknown")}
+        row[metric] = usable[at] if at is not None else math.nan
+        for other in metrics[1:]:  # the other objectives at that epoch, as the study is told them
+            values = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id, other)}
+            row[other] = values.get(at, math.nan) if at is not None else math.nan
+        row |= {"epochs": len(history), "state": run.data.tags.get(store.STATE_TAG, "unknown")}
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["trial", *searched, metric, "epochs", "state"])
-    frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable")
+    frame = pd.DataFrame(rows, columns=["trial", *searched, *metrics, "epochs", "state"])
+    if len(metrics) > 1:
+        frame.insert(len(frame.columns) - 2, "pareto", records.pareto(frame[metrics].to_numpy().tolist(), modes))
+        frame = frame.sort_values(["pareto", metric], ascending=[False, mode == "min"], kind="stable")
+    else:
+        frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return SweepTable(name, metric, mode, searched, parent.info.run_id, frame.reset_index(drop=True))
 

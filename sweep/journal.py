@@ -13,10 +13,11 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep import records
 from sweep.errors import SweepError
 from sweep.store import STATE_TAG, TRIAL, redact, trial_runs, unreachable
 
@@ -41,24 +42,29 @@ def transient(error: Exception) -> bool:
 
 
 class MlflowWriter:
-    """Applies journal operations to MLflow; knows each trial's run and the steps it already holds."""
+    """Applies journal operations to MLflow; knows each trial's run, the steps it already holds and its
+    best value of every objective (``(metric, mode)`` pairs, the first the primary)."""
 
     def __init__(
         self,
         client: MlflowClient,
         exp_id: str,
         parent_id: str,
-        metric: str,
+        objectives: Sequence[tuple[str, str]],
         params: Mapping[str, Any],
         tags: Mapping[str, str],
+        dataset: Mapping[str, Any] | None = None,
     ) -> None:
-        self.client, self.exp_id, self.parent_id, self.metric = client, exp_id, parent_id, metric
-        self.params, self.tags = dict(params), dict(tags)
+        self.client, self.exp_id, self.parent_id = client, exp_id, parent_id
+        self.objectives = list(objectives)
+        self.metric = self.objectives[0][0]
+        self.params, self.tags, self.dataset = dict(params), dict(tags), dict(dataset or {})
         self.runs: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
+        self.best: dict[str, dict[str, tuple[float, int]]] = {}
 
-    def run_id(self, trial_id: str, config: Mapping[str, Any] | None = None) -> str:
-        """The trial's run: found by its tag (after a retry, resume or outage) or created."""
+    def run_id(self, trial_id: str, config: Mapping[str, Any] | None = None, number: int = 0) -> str:
+        """The trial's run: found by its tag (after a retry, resume or outage) or created, named for people."""
         if trial_id in self.runs:
             return self.runs[trial_id]
         found = self.client.search_runs(
@@ -66,10 +72,17 @@ class MlflowWriter:
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`sweep.trial_id` = '{trial_id}'",
         )
         if found:
-            run_id = found[0].info.run_id
+            run = found[0]
+            run_id = run.info.run_id
             history = self.client.get_metric_history(run_id, self.metric)
             self.last_step[trial_id] = max((m.step for m in history), default=0)
-            if found[0].info.status != "RUNNING":
+            epoch = int(run.data.metrics.get("best_epoch", 0))
+            self.best[trial_id] = {
+                m: (run.data.metrics[f"best_{m}"], epoch) for m, _ in self.objectives if f"best_{m}" in run.data.metrics
+            }
+            if run.info.status != "RUNNING":
+                name = records.trial_name(number, config or {})
+                self.client.set_tag(run_id, "mlflow.runName", name)
                 self.client.update_run(run_id, status="RUNNING")
         else:
             from mlflow.entities import Param
@@ -79,13 +92,28 @@ class MlflowWriter:
                 "mlflow.parentRunId": self.parent_id,
                 "sweep.role": TRIAL,
                 "sweep.trial_id": trial_id,
+                records.TRIAL_TAG: records.trial_number(number),
                 STATE_TAG: "running",
             }
-            run_id = self.client.create_run(self.exp_id, run_name=trial_id, tags=tags).info.run_id
+            name = records.trial_name(number, config or {})
+            run_id = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
             params = {**self.params, **(config or {})}
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            if self.dataset:
+                self.client.log_inputs(run_id, [records.dataset_input(self.dataset)])
         self.runs[trial_id] = run_id
         return run_id
+
+    def _bests(self, trial_id: str, step: int, values: Mapping[str, float]) -> dict[str, float]:
+        """On a new best of the primary metric: ``best_<metric>`` of every objective at this epoch (the values the
+        study is told) and ``best_epoch``."""
+        (metric, mode), *_ = self.objectives
+        value = values.get(metric)
+        held = self.best.get(trial_id, {}).get(metric, (None, 0))[0]
+        if value is None or not records.improved(value, held, mode):
+            return {}
+        self.best[trial_id] = {m: (values[m], step) for m, _ in self.objectives if m in values}
+        return {**{f"best_{m}": v for m, (v, _) in self.best[trial_id].items()}, "best_epoch": float(step)}
 
     def apply(self, op: Op) -> None:
         from mlflow.entities import Metric
@@ -97,11 +125,15 @@ class MlflowWriter:
         if kind == "orphans":
             self._orphans(set(op["known"]))
             return
-        run_id = self.run_id(op["trial"], op.get("config"))
+        if kind == "summary":
+            self._summary(op)
+            return
+        run_id = self.run_id(op["trial"], op.get("config"), op.get("number", 0))
         if kind == "metrics":
             if op["step"] <= self.last_step.get(op["trial"], 0):
                 return  # an epoch re-run after a restore: MLflow already holds it
-            metrics = [Metric(k, v, op["ts"], op["step"]) for k, v in op["values"].items()]
+            values = {**op["values"], **self._bests(op["trial"], op["step"], op["values"])}
+            metrics = [Metric(k, v, op["ts"], op["step"]) for k, v in values.items()]
             self.client.log_batch(run_id, metrics=metrics)
             self.last_step[op["trial"]] = op["step"]  # only once written: a failed write is retried
         elif kind == "tags":
@@ -110,9 +142,33 @@ class MlflowWriter:
         elif kind == "artifact":
             self.client.log_artifact(run_id, op["path"], artifact_path=op["artifact_path"])
         elif kind == "end":
-            for key, value in op["tags"].items():
+            tags = dict(op["tags"])
+            state, epochs = tags[STATE_TAG], int(tags.get("sweep.epochs_run", 0))
+            value, at = self.best.get(op["trial"], {}).get(self.metric, (None, None))
+            name = records.trial_name(op.get("number", 0), op.get("config") or {})
+            tags["mlflow.runName"] = records.ended_name(name, state, epochs)
+            tags["mlflow.note.content"] = records.trial_note(
+                state, epochs, tags, records.best_text(self.metric, value, at)
+            )
+            for key, value in tags.items():
                 self.client.set_tag(run_id, key, value)
             self.client.set_terminated(run_id, op["status"])
+
+    def _summary(self, op: Op) -> None:
+        """The parent's summary metrics, tags and description, from what the trial runs hold."""
+        from mlflow.entities import Metric, RunTag
+
+        parent = self.client.get_run(self.parent_id)
+        wall = time.time() - parent.info.start_time / 1000
+        runs = trial_runs(self.client, self.exp_id, self.parent_id)
+        summary = records.summarize(runs, self.objectives, op["context"], wall)
+        now = int(time.time() * 1000)
+        tags = {**summary.tags, "mlflow.note.content": summary.note}
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric(k, v, now, 0) for k, v in summary.metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
 
     def _orphans(self, known: set[str]) -> None:
         for run in trial_runs(self.client, self.exp_id, self.parent_id):

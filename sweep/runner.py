@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sweep import store
+from sweep import records, store, study
 from sweep.errors import SweepError
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
@@ -158,8 +158,9 @@ def run_sweep(
     saved = json.loads(state_file.read_text()) if resume else {}
     if resume and saved["spec_hash"] != spec.digest:
         raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
-    if spec.entry.preflight:
-        _resolve(spec.entry.preflight)(spec.dataset, spec.model, spec.weight_sources())
+    sizes = (
+        _resolve(spec.entry.preflight)(spec.dataset, spec.model, spec.weight_sources()) if spec.entry.preflight else {}
+    )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -170,21 +171,25 @@ def run_sweep(
         exp_id = store.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
     except Exception as e:  # nothing has started yet: refuse clearly rather than run untracked
         raise store.unreachable(uri, e) from None
+    study_url = store.connect(study.storage_url(root, spec.tracking.study))
+    storage = _study_storage(study_url, spec.name, resume)
     _start_ray(address, root / LOG_FILE)
     _check_resources(spec)
     from ray import tune
 
     tags = _common_tags(spec, base)  # once: it asks git for the commit
+    dataset = _dataset_info(spec, sizes)
     if resume:
         parent_id = saved["parent_run_id"]
         mlflow.update_run(parent_id, status="RUNNING")
     else:
-        parent_id = _new_parent(mlflow, exp_id, spec, tags)
+        parent_id = _new_parent(mlflow, exp_id, spec, tags, dataset)
         record = {
             "parent_run_id": parent_id,
             "experiment_id": exp_id,
             "spec_hash": spec.digest,
             "tracking_uri": store.redact(uri),
+            "study": store.redact(study_url),
             "spec": spec.raw,
         }
         _atomic_json(state_file, record)
@@ -208,12 +213,16 @@ def run_sweep(
         tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, tune_config=_tune_config(spec), run_config=_run_config(spec, root, uri, exp_id, parent_id, tags)
+            trainable,
+            tune_config=_tune_config(spec, storage),
+            run_config=_run_config(spec, root, uri, exp_id, parent_id, tags, dataset),
         )
     from sweep.tracking import INTERRUPTED, last_line
 
     INTERRUPTED.clear()
     grid = tuner.fit()
+    if not INTERRUPTED.is_set():
+        study.close_orphans(study_url, spec.name)
     errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]
     return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
 
@@ -276,17 +285,36 @@ def _check_resources(spec: Spec) -> None:
             )
 
 
-def _tune_config(spec: Spec) -> Any:
+def _study_storage(url: str, name: str, resume: bool) -> Any:
+    """The study's storage; a fresh sweep starts a fresh study (a database shared with an earlier sweep of the
+    same name keeps only this one's trials)."""
+    import optuna
+
+    try:
+        storage = study.open_storage(url)
+        if not resume and name in {s.study_name for s in storage.get_all_studies()}:
+            optuna.delete_study(study_name=name, storage=storage)
+    except Exception as e:
+        raise SweepError(
+            f"tracking.study: cannot use {store.redact(url)}: {store.redact(str(e).splitlines()[0][:200])}"
+        ) from None
+    return storage
+
+
+def _tune_config(spec: Spec, storage: Any) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweep.searcher import BestEpochSearch
 
     multi = len(spec.metric.names) > 1
-    searcher = OptunaSearch(
+    searcher = BestEpochSearch(
         space=DefineByRun(spec.search),
         sampler=build_sampler(spec),
         metric=spec.metric.names if multi else spec.metric.primary,
         mode=spec.metric.modes if multi else spec.metric.modes[0],
+        study_name=spec.name,
+        storage=storage,
     )
     return tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
@@ -299,7 +327,29 @@ def _tune_config(spec: Spec) -> Any:
     )
 
 
-def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, tags: Mapping[str, str]) -> Any:
+def _dataset_info(spec: Spec, sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset as the runs' dataset input says it: name, root and the split sizes preflight counted."""
+    data = spec.dataset.model_dump()
+    return {
+        "name": data["name"],
+        "root": data.get("root") or "",
+        **{k.removeprefix("data."): v for k, v in sizes.items()},
+    }
+
+
+def _context(spec: Spec, dataset: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "description": spec.description,
+        "space": records.space_table(spec.search),
+        "scheduler": spec.scheduler.name,
+        "max_epochs": spec.max_epochs,
+        "dataset": dict(dataset),
+    }
+
+
+def _run_config(
+    spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, tags: Mapping[str, str], dataset: Mapping[str, Any]
+) -> Any:
     from ray import tune
 
     params = {
@@ -316,13 +366,13 @@ def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, t
             uri,
             exp_id,
             parent_id,
-            spec.metric.primary,
-            spec.metric.modes[0],
+            list(zip(spec.metric.names, spec.metric.modes, strict=True)),
             params,
             tags,
             spec.max_epochs,
             root / "tracking-pending.jsonl",
             spec.tracking.drain_s,
+            _context(spec, dataset),
         ),
         ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], spec.budget.trials),
     ]
@@ -337,7 +387,10 @@ def _run_config(spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, t
 
 
 def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
+    from mlflow.tracking.context.registry import resolve_tags
+
     tags = {
+        **resolve_tags(),  # mlflow.user, mlflow.source.*, as MLflow's fluent API sets them
         "sweep.name": spec.name,
         "sweep.spec_hash": spec.digest,
         "sweep.seed": str(spec.seed),
@@ -350,7 +403,7 @@ def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
     return tags
 
 
-def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str]) -> str:
+def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str], dataset: Mapping[str, Any]) -> str:
     from mlflow.entities import Param
 
     tags = {
@@ -361,8 +414,10 @@ def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str])
         "sweep.searched": ",".join(spec.search),
         "sweep.trials": str(spec.budget.trials),
         "sweep.max_epochs": str(spec.max_epochs),
+        "mlflow.note.content": "\n\n".join(filter(None, [spec.description, records.space_table(spec.search)])),
     }
     run = mlflow.create_run(exp_id, run_name=spec.name, tags=tags)
+    mlflow.log_inputs(run.info.run_id, [records.dataset_input(dataset)])
     params = {
         "sampler": spec.sampler.name,
         "scheduler": spec.scheduler.name,

@@ -96,6 +96,9 @@ class TrackingSpec(_Block):
     """MLflow tracking URI; default: the embedded SQLite store ./mlruns.db."""
     experiment: str | None = None
     """MLflow experiment; default: the sweep's name."""
+    study: str | None = None
+    """Optuna RDB storage URL of the sweep's study (a database other than MLflow's own); default:
+    ``sqlite:///results/<name>/optuna.db``."""
     drain_s: float = Field(60, ge=0)
     """At the end of a sweep, how long to keep trying an unreachable store before leaving the records
     for ``sweep sync``."""

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 PARENT, TRIAL, STATE_TAG = "parent", "trial", "sweep.state"
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 STOP_REASON = "sweep.stop_reason"
 """Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
 _HTTP_DEFAULTS = {
@@ -81,9 +83,24 @@ def client(uri: str) -> MlflowClient:
 
 
 def ensure_sqlite(path: Path) -> None:
-    """Create the SQLite store at ``path`` atomically: its tables are built in a private file that is
-    renamed into place, under a lock, so a kill mid-creation leaves no half-migrated database and two
-    first sweeps started together both find one whole store."""
+    """Create the MLflow SQLite store at ``path`` whole or not at all (:func:`create_atomically`)."""
+    if path.exists():
+        return
+    for name in ("mlflow.store.db.utils", "alembic"):  # its migration chatter is not our output
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    def build(tmp: Path) -> None:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri()).engine.dispose()
+
+    create_atomically(path, build)
+
+
+def create_atomically(path: Path, build: Callable[[Path], object]) -> None:
+    """Create the SQLite database ``path`` by ``build(private_file)`` and a rename, under a lock: a kill
+    mid-creation leaves no half-migrated database in place, and two first sweeps started together both
+    find one whole database."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,33 +111,37 @@ def ensure_sqlite(path: Path) -> None:
         for stale in path.parent.glob(f".{path.name}.*.creating"):  # left by a creator killed mid-way
             stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
-        for name in ("mlflow.store.db.utils", "alembic"):  # its migration chatter is not our output
-            logging.getLogger(name).setLevel(logging.WARNING)
         try:
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
-            store.engine.dispose()
+            build(tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 
 
 def experiment_id(mlflow: MlflowClient, name: str, uri: str) -> str:
-    """The experiment's id, created on first use; local stores keep artifacts next to the database."""
+    """The experiment's id, created on first use (local stores keep artifacts next to the database), marked
+    as model training so MLflow's UI opens on its runs, not on the GenAI views."""
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(KIND_TAG) != MODEL_TRAINING:
+            mlflow.set_experiment_tag(found.experiment_id, KIND_TAG, MODEL_TRAINING)
         return str(found.experiment_id)
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     try:
-        return str(mlflow.create_experiment(name, artifact_location=location))
+        return str(mlflow.create_experiment(name, artifact_location=location, tags={KIND_TAG: MODEL_TRAINING}))
     except Exception:  # created by a sweep started at the same moment
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             raise
         return str(found.experiment_id)
+
+
+def runs_link(base_url: str, exp_id: str | None) -> str:
+    """The MLflow UI page of an experiment's runs table (or the list of experiments)."""
+    base = base_url.rstrip("/")
+    return f"{base}/#/experiments/{exp_id}/runs" if exp_id else f"{base}/#/experiments"
 
 
 def unreachable(uri: str, error: Exception) -> SweepError:

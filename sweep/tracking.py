@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,17 +85,20 @@ class MlflowCallback(Callback):
         uri: str,
         exp_id: str,
         parent_id: str,
-        metric: str,
-        mode: str,
+        objectives: Sequence[tuple[str, str]],
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         max_epochs: int,
         journal_path: Path,
         drain_s: float = 60.0,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.objectives = [tuple(o) for o in objectives]
+        (self.metric, self.mode), self.max_epochs = self.objectives[0], max_epochs
         self.params, self.tags = dict(params), dict(tags)
+        self.context = dict(context or {})
+        """What the parent's summary says besides the runs: description, search space, scheduler, dataset."""
         self.journal_path, self.drain_s = journal_path, drain_s
         self._journal: Journal | None = None
         self._best: dict[str, float] = {}
@@ -114,28 +117,39 @@ class MlflowCallback(Callback):
     @property
     def journal(self) -> Journal:
         if self._journal is None:
-            writer = MlflowWriter(client(self.uri), self.exp_id, self.parent_id, self.metric, self.params, self.tags)
+            writer = MlflowWriter(
+                client(self.uri),
+                self.exp_id,
+                self.parent_id,
+                self.objectives,  # type: ignore[arg-type]
+                self.params,
+                self.tags,
+                self.context.get("dataset"),
+            )
             self._journal = Journal(writer, self.journal_path)
             if self.journal_path.exists():  # left by an earlier driver of this sweep: deliver it first
                 self._journal.pending = [json.loads(x) for x in self.journal_path.read_text().splitlines() if x]
         return self._journal
 
-    def _submit(self, trial: Trial, op: str, **fields: Any) -> None:
-        self.journal.submit({"op": op, "trial": trial.trial_id, "config": dict(trial.config), **fields})
+    def _submit(self, trials: list[Trial], trial: Trial, op: str, **fields: Any) -> None:
+        number = trials.index(trial) + 1 if trial in trials else 0  # Ray keeps trials in creation order
+        self.journal.submit(
+            {"op": op, "trial": trial.trial_id, "number": number, "config": dict(trial.config), **fields}
+        )
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._open.add(trial.trial_id)
-        self._submit(trial, "tags", tags={})
+        self._submit(trials, trial, "tags", tags={})
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", time.time()) * 1000)
-        self._submit(trial, "metrics", step=step, ts=ts, values=_scalar_metrics(result))
+        self._submit(trials, trial, "metrics", step=step, ts=ts, values=_scalar_metrics(result))
         facts = {k.removeprefix("info/"): str(v) for k, v in result.items() if k.startswith("info/")}
         if facts:
-            self._submit(trial, "tags", tags=facts)
+            self._submit(trials, trial, "tags", tags=facts)
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             best = self._best.get(trial.trial_id)
@@ -151,13 +165,13 @@ class MlflowCallback(Callback):
         if trial.trial_id in self._improved and files:
             step = int((trial.last_result or {}).get("epoch", 0))
             for file in files:
-                self._submit(trial, "artifact", path=str(file), artifact_path="checkpoints", step=step)
+                self._submit(trials, trial, "artifact", path=str(file), artifact_path="checkpoints", step=step)
             self._improved.discard(trial.trial_id)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # The worker died or raised; Ray restarts the trial from its last checkpoint, in the same run.
         tags = {"sweep.retries": str(trial.run_metadata.num_failures), "sweep.last_failure": error_line(trial)[:4000]}
-        self._submit(trial, "tags", tags=tags)
+        self._submit(trials, trial, "tags", tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._open.discard(trial.trial_id)
@@ -167,13 +181,14 @@ class MlflowCallback(Callback):
         state = "completed" if epochs >= planned else "stopped_early"
         if (trial.last_result or {}).get(f"info/{STOP_REASON}"):
             state = "diverged"
-        self._submit(trial, "end", status="FINISHED", tags={STATE_TAG: state, "sweep.epochs_run": str(epochs)})
+        tags = {STATE_TAG: state, "sweep.epochs_run": str(epochs), "sweep.epochs_planned": str(planned)}
+        self._submit(trials, trial, "end", status="FINISHED", tags=tags)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._open.discard(trial.trial_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         tags = {STATE_TAG: "errored", "sweep.error": error_line(trial)[:4000], "sweep.epochs_run": str(epochs)}
-        self._submit(trial, "end", status="FAILED", tags=tags)
+        self._submit(trials, trial, "end", status="FAILED", tags=tags)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         # Trials Ray stopped without completing them: interrupted (resumable), or out of time budget.
@@ -181,12 +196,13 @@ class MlflowCallback(Callback):
             epochs = str(int((trial.last_result or {}).get("epoch", 0)))
             if INTERRUPTED.is_set():
                 tags = {STATE_TAG: "interrupted", "sweep.epochs_run": epochs}
-                self._submit(trial, "end", status="KILLED", tags=tags)
+                self._submit(trials, trial, "end", status="KILLED", tags=tags)
             else:
                 tags = {STATE_TAG: "stopped_early", STOP_REASON: "time budget", "sweep.epochs_run": epochs}
-                self._submit(trial, "end", status="FINISHED", tags=tags)
+                self._submit(trials, trial, "end", status="FINISHED", tags=tags)
         self._open.clear()
         self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})
+        self.journal.submit({"op": "summary", "context": self.context})
         self.journal.submit({"op": "parent_end", "status": "KILLED" if INTERRUPTED.is_set() else "FINISHED"})
         if not self.journal.drain(self.drain_s):
             print(

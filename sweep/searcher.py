@@ -1,0 +1,58 @@
+"""The searcher: Ray Tune's OptunaSearch, telling Optuna each trial's best epoch rather than its last.
+
+The other objectives of a multi-objective sweep are told at the primary metric's best epoch, as the
+trial runs' ``best_<metric>`` say them. A diverged trial is told NaN, which Optuna records as failed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+
+class BestEpochSearch(OptunaSearch):
+    """OptunaSearch whose trials are told the objectives at their best epoch by the primary metric; each
+    Optuna trial carries its Ray trial id (user attribute ``sweep.trial_id``)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("sweep.trial_id", trial_id)
+        return config  # type: ignore[no-any-return]
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        super().on_trial_result(trial_id, result)
+        self._track(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        # Ray hands the result that ends a trial (the scheduler's stop, the last epoch) only to this method.
+        if result is not None:
+            self._track(trial_id, result)
+        best = self._bests().pop(trial_id, None)
+        last = (result or {}).get(self._objectives()[0][0])
+        diverged = isinstance(last, float) and math.isnan(last)
+        if result is not None and best and not diverged:
+            result = {**result, **best}
+        super().on_trial_complete(trial_id, result, error)
+
+    def _objectives(self) -> list[tuple[str, str]]:
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        modes = self._mode if isinstance(self._mode, list) else [self._mode] * len(metrics)
+        return list(zip(metrics, modes, strict=True))
+
+    def _bests(self) -> dict[str, dict[str, float]]:
+        """Trial id → the objectives at its best epoch so far; pickled with the searcher (kept by --resume)."""
+        if not hasattr(self, "_best_epochs"):
+            self._best_epochs: dict[str, dict[str, float]] = {}
+        return self._best_epochs
+
+    def _track(self, trial_id: str, result: dict[str, Any]) -> None:
+        (metric, mode), *_ = self._objectives()
+        value = result.get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        held = self._bests().get(trial_id, {}).get(metric)
+        if held is None or (value < held if mode == "min" else value > held):
+            self._bests()[trial_id] = {m: result[m] for m, _ in self._objectives() if m in result}
