@@ -98,6 +98,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace) -> int:
+    from sweep.export import locate_uri
+    from sweep.promote import promote
+
+    results = Path(args.results)
+    uri = locate_uri(args.name, results, args.tracking_uri)
+    done = promote(args.name, results, uri, args.registered_name, args.alias, args.experiment)
+    print(
+        f"{done.name} version {done.version} (@{done.alias}): the best trial {done.trial_id}, {done.model_uri}\n"
+        f'load it with mlflow.pytorch.load_model("models:/{done.name}@{done.alias}")'
+    )
+    return 0
+
+
 def _detect(args: argparse.Namespace) -> int:
     from sweep.evaluate import detect_best
     from sweep.export import locate_uri
@@ -143,7 +157,7 @@ def _ui(args: argparse.Namespace) -> int:
     from sweep.serve import serve, tool
 
     uri = locate_uri(args.name or "", Path(args.results), args.tracking_uri)
-    exp_id = None
+    exp_id, metric, mode = None, None, "max"
     if args.name:
         try:
             found = store.client(uri).get_experiment_by_name(args.experiment or args.name)
@@ -152,14 +166,18 @@ def _ui(args: argparse.Namespace) -> int:
         if found is None:
             raise SweepError(f"no sweep named '{args.name}' in the tracking store {store.redact(uri)}")
         exp_id = found.experiment_id
+        parents = store.parent_runs(store.client(uri), exp_id, args.name)
+        if parents:
+            metric = parents[0].data.tags.get("sweep.metric", "").split(",")[0] or None
+            mode = parents[0].data.tags.get("sweep.mode", "max").split(",")[0]
     if uri.startswith(("http://", "https://")):  # a tracking server has its UI already
-        print(f"MLflow UI of the tracking server: {store.runs_link(uri, exp_id)}")
+        print(f"MLflow UI of the tracking server: {store.runs_link(uri, exp_id, metric, mode)}")
         return 0
     url = _free_url(args.host, args.port)
     cmd = [tool("mlflow"), "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     cmd += ["--workers", "1"]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI job runners: not needed to read sweeps
-    return serve(cmd, f"{url}/health", store.runs_link(url, exp_id), "MLflow UI", env)
+    return serve(cmd, f"{url}/health", store.runs_link(url, exp_id, metric, mode), "MLflow UI", env)
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -187,6 +205,7 @@ def _free_url(host: str, port: int) -> str:
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: a closing port is free
         try:
             s.bind((host, port))
         except OSError as e:
@@ -237,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score", type=float, default=0.5, help="draw predictions scoring at least this (0.5)")
     detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
+    promote = name_cmd("promote", "register the best model in the MLflow Model Registry")
+    promote.add_argument("--as", dest="registered_name", help="registered model name (default: the sweep's name)")
+    promote.add_argument("--alias", default="champion", help="alias moved to the new version (default: champion)")
+    promote.set_defaults(func=_promote)
     ui = sub.add_parser("ui", help="the MLflow UI on the sweeps' store, opened on a sweep's runs")
     ui.add_argument("name", nargs="?", help="the sweep whose runs to open (default: the store's experiments)")
     ui.add_argument("--tracking-uri")

@@ -51,15 +51,18 @@ def trial_name(number: int, config: Mapping[str, Any]) -> str:
     return " ".join([trial_number(number), *words])
 
 
-def ended_name(name: str, state: str, epochs: int) -> str:
-    """The run name once the trial ended: a state other than completed is said at its end."""
+def ended_name(name: str, state: str, epochs: int, best: float | None = None) -> str:
+    """The run name once the trial ended, what matters first (the runs table cuts long names): number, best
+    value, the state when other than completed, then the sampled values — ``t04 0.4236 stopped@1 · lr=…``."""
+    number, _, values = name.partition(" ")
     suffix = {
         "stopped_early": f"stopped@{epochs}",
         "diverged": f"diverged@{epochs}",
         "errored": "errored",
         "interrupted": "interrupted",
     }.get(state)
-    return f"{name} · {suffix}" if suffix else name
+    head = " ".join(filter(None, [number, f"{best:.4f}" if best is not None else "", suffix]))
+    return f"{head} · {values}" if values else head
 
 
 def trial_note(state: str, epochs: int, tags: Mapping[str, str], best: str) -> str:
@@ -148,6 +151,8 @@ def summarize(
         metrics[f"best_{metric}"] = value
         name = best.data.tags.get("mlflow.runName", best.info.run_id)
         tags |= {"sweep.best_trial": best.data.tags.get("sweep.trial_id", ""), "sweep.best_run": best.info.run_id}
+        number = best.data.tags.get(TRIAL_TAG, "")
+        tags["mlflow.runName"] = f"{context.get('name', 'sweep')} · best {metric}={value:.4f} ({number})"
         at = int(best.data.metrics.get("best_epoch", 0))
         lines.append(f"**Best {metric} ({mode}): {value:.4f}**, trial {name}, epoch {at}.")
     if len(objectives) > 1:

@@ -339,6 +339,7 @@ def _dataset_info(spec: Spec, sizes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _context(spec: Spec, dataset: Mapping[str, Any]) -> dict[str, Any]:
     return {
+        "name": spec.name,
         "description": spec.description,
         "space": records.space_table(spec.search),
         "scheduler": spec.scheduler.name,

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -44,8 +45,9 @@ def serve(
 ) -> int:
     """Run ``cmd`` in its own process group, print ``link`` once ``ready`` answers, and on Ctrl-C or SIGTERM
     stop the whole group (a server's workers included). Returns 0 when stopped by a signal."""
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finally; the server writes it until then)
     proc = subprocess.Popen(
-        list(cmd), env={**os.environ, **(env or {})}, start_new_session=True, stdout=subprocess.DEVNULL
+        list(cmd), env={**os.environ, **(env or {})}, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
     )
     stopping = False
 
@@ -60,7 +62,9 @@ def serve(
         deadline = time.monotonic() + wait_s
         while not answers(ready):
             if proc.poll() is not None:
-                raise SweepError(f"{what} exited with {proc.returncode} before it answered; see its output above")
+                log.seek(0)
+                last = [line for line in log.read().splitlines() if line.strip()][-1:] or ["no output"]
+                raise SweepError(f"{what} exited with {proc.returncode} before it answered: {last[0][:300]}")
             if time.monotonic() > deadline:
                 raise SweepError(f"{what} did not answer at {ready} within {wait_s:.0f} s")
             time.sleep(0.5)
@@ -70,6 +74,7 @@ def serve(
         return 0 if stopping else 130
     finally:
         _stop_group(proc)
+        log.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

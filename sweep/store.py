@@ -138,10 +138,13 @@ def experiment_id(mlflow: MlflowClient, name: str, uri: str) -> str:
         return str(found.experiment_id)
 
 
-def runs_link(base_url: str, exp_id: str | None) -> str:
-    """The MLflow UI page of an experiment's runs table (or the list of experiments)."""
+def runs_link(base_url: str, exp_id: str | None, metric: str | None = None, mode: str = "max") -> str:
+    """The MLflow UI page of an experiment's runs table, best trial first (or the list of experiments)."""
     base = base_url.rstrip("/")
-    return f"{base}/#/experiments/{exp_id}/runs" if exp_id else f"{base}/#/experiments"
+    if not exp_id:
+        return f"{base}/#/experiments"
+    order = f"?orderByKey=metrics.%60best_{metric}%60&orderByAsc={str(mode == 'min').lower()}" if metric else ""
+    return f"{base}/#/experiments/{exp_id}/runs{order}"
 
 
 def unreachable(uri: str, error: Exception) -> SweepError:

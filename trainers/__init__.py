@@ -35,10 +35,17 @@ class TrainerEntry:
     """``module:function(dataset, model)`` run in the driver before any trial: raises on missing data."""
     metrics: tuple[str, ...] = ()
     """The metrics each epoch's report holds, that a spec's ``metric`` may name."""
+    servable: str | None = None
+    """``module:function(best_weights) -> (module, metadata, input_example)``: the model as others call it."""
 
     def load(self) -> Trainer:
         trainer: Trainer = _resolve(self.impl)()
         return trainer
+
+    def served(self) -> Callable[..., Any]:
+        if self.servable is None:
+            raise UnknownNameError("this trainer's models cannot be served yet")
+        return _resolve(self.servable)
 
     def evaluator(self) -> Callable[..., dict[str, float]]:
         if self.evaluate is None:
@@ -62,6 +69,7 @@ TRAINERS.add(
         "trainers.classifier.report:evaluate_checkpoint",
         "trainers.classifier.trainer:preflight",
         ("val_top1", "val_top5", "val_loss", "train_loss"),
+        "trainers.serving:classifier",
     ),
 )
 TRAINERS.add(
@@ -74,6 +82,7 @@ TRAINERS.add(
         "trainers.detector.report:evaluate_checkpoint",
         "trainers.detector.trainer:preflight",
         DETECTOR_METRICS,
+        "trainers.serving:detector",
     ),
 )
 TRAINERS.add(

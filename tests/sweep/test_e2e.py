@@ -1,7 +1,6 @@
 """A real sweep: Ray Tune, Optuna and MLflow (SQLite), read back from MLflow."""
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,27 +10,15 @@ import pytest
 
 from sweep import store
 from sweep.export import load_table, render
-from sweep.runner import run_sweep
-from sweep.spec import load_spec
-from tests.sweep.conftest import QUICK, ROOT
+from tests.sweep.conftest import QUICK, ROOT, SECRET
 from trainers.classifier.trainer import load_classifier
 
 pytestmark = pytest.mark.e2e
-SECRET_VAR, SECRET = "SWEEP_TEST_API_TOKEN", "tok-5f1d2c9e8b7a"
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    import ray
-
-    base = tmp_path_factory.mktemp("e2e")
-    os.environ[SECRET_VAR] = SECRET  # planted: it must not reach MLflow or the results
-    spec = load_spec(ROOT / "search_spaces" / "demo.yaml", QUICK)
-    grid = run_sweep(spec, results=base / "results", base=base).grid
-    uri = store.resolve_uri(None, base)
-    yield spec, grid, uri, base
-    os.environ.pop(SECRET_VAR, None)
-    ray.shutdown()
+def swept(demo_sweep):
+    return demo_sweep
 
 
 def _runs(uri: str, name: str):

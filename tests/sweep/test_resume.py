@@ -82,6 +82,21 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         assert steps == list(range(1, len(steps) + 1)), steps  # nothing logged twice
     trial_dirs = [p for p in (tmp_path / "results" / "digits-demo" / "tune").iterdir() if p.is_dir()]
     assert len(trial_dirs) == 6
+    # The Optuna study holds exactly the sweep's trials, each told its best epoch; a trial the killed driver
+    # had asked for but Ray never saved is marked failed and orphaned, never left running.
+    import optuna
+
+    study = optuna.load_study(
+        study_name="digits-demo", storage=f"sqlite:///{tmp_path / 'results/digits-demo/optuna.db'}"
+    )
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    others = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]
+    assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs["sweep.orphaned"] for t in others)
+    best = {
+        r.data.tags["sweep.trial_id"]: max(m.value for m in mlflow.get_metric_history(r.info.run_id, "val_top1"))
+        for r in live
+    }
+    assert {t.user_attrs["sweep.trial_id"]: t.value for t in done} == pytest.approx(best)
 
 
 def test_ctrl_c_exits_130_leaves_nothing_running_and_resume_finishes(tmp_path: Path) -> None:

@@ -1,0 +1,105 @@
+"""``sweep promote``: the sweep's best model into the MLflow Model Registry, with where it came from.
+
+The best trial's weights are logged once to its run as an MLflow PyTorch model (the ``trainers`` package
+travels with it, so it loads anywhere with torch installed), registered under the sweep's name (or
+another), and the alias (``champion``) moved to the new version.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trainers
+from sweep.errors import SweepError
+from sweep.evaluate import best_trial, sweep_spec
+
+MODEL_TAG = "sweep.model_uri"
+
+
+@dataclass(frozen=True)
+class Promoted:
+    name: str
+    version: str
+    alias: str
+    model_uri: str
+    trial_id: str
+
+
+def promote(
+    name: str,
+    results: Path,
+    uri: str,
+    registered: str | None = None,
+    alias: str = "champion",
+    experiment: str | None = None,
+) -> Promoted:
+    spec = sweep_spec(name, results)
+    if spec.entry.servable is None:
+        raise SweepError(f"sweep '{name}' trains with the {spec.trainer} trainer, whose models cannot be promoted yet")
+    best = best_trial(name, results, uri, experiment)
+    run = best.client.get_run(best.run_id)
+    model_uri = run.data.tags.get(MODEL_TAG) or _log_model(best, uri, spec.entry.served())
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(
+        model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
+    )
+    best.client.set_registered_model_alias(version.name, alias, version.version)
+    return Promoted(version.name, str(version.version), alias, model_uri, best.trial_id)
+
+
+def _log_model(best: Any, uri: str, served: Any) -> str:
+    """Log the best trial's weights as an MLflow PyTorch model to its run; return the model's URI."""
+    import mlflow
+    import torch
+    import torchvision
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
+        model, meta, example = served(weights)
+    # A classifier (fixed image size) is exported as a program (torch.export: no pickle to load); a detector's
+    # data-dependent control flow cannot be exported, so it is pickled, as MLflow does by default.
+    fixed = "image_size" in meta
+    shape = (-1, *example.shape[1:]) if fixed else (-1, example.shape[1], -1, -1)
+    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, shape)]))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=best.run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example if fixed else None,
+            serialization_format="pt2" if fixed else "pickle",
+            metadata=meta,
+            code_paths=[str(Path(trainers.__file__).parent)],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"torchvision=={torchvision.__version__.split('+')[0]}",
+            ],
+        )
+    best.client.set_tag(best.run_id, MODEL_TAG, info.model_uri)
+    return str(info.model_uri)
+
+
+def _provenance(spec: Any, run: Any) -> dict[str, str]:
+    """Where the model comes from: the sweep, its spec, the trial, the data, the weights, the scores."""
+    tags = {
+        "sweep.name": spec.name,
+        "sweep.spec_hash": spec.digest,
+        "sweep.trial_id": run.data.tags.get("sweep.trial_id", ""),
+        "sweep.run_id": run.info.run_id,
+        "sweep.metric": spec.metric.primary,
+        "weights.source": run.data.tags.get("weights.source", ""),
+    }
+    tags |= {k: v for k, v in run.data.tags.items() if k.startswith("data.")}
+    metric = spec.metric.primary
+    if f"best_{metric}" in run.data.metrics:
+        tags[f"best_{metric}"] = f"{run.data.metrics[f'best_{metric}']:.6g}"
+    tags |= {k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith("test_")}
+    return tags

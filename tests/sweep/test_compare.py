@@ -1,0 +1,228 @@
+"""Comparing trials where users compare them: MLflow's REST API and UI (in a real browser) after a real
+sweep, the promoted model, the kept Optuna study and optuna-dashboard."""
+
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sweep.cli import main
+from sweep.export import load_table
+from tests.sweep.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """``sweep ui|dashboard NAME`` in a child process, as a user starts it; the link it prints."""
+
+    def __init__(self, base: Path, *args: str) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "sweep", *args, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # printed once the server answers
+        assert "(Ctrl-C stops it)" in line, line + self.proc.stderr.read()
+        self.link = re.search(r"(http://\S+)", line).group(1)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        with socket.socket() as s:  # the server and its workers are gone: nothing listens on the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", self.port))
+        return code
+
+
+def rest(base_url: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{base_url}/api/2.0/mlflow/{path}", data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def ui(demo_sweep):
+    spec, _, _, base = demo_sweep
+    served = Served(base, "ui", spec.name)
+    yield served
+    assert served.stop() == 0
+
+
+def test_runs_read_well_through_the_rest_api(ui, demo_sweep) -> None:
+    spec, _, _, _ = demo_sweep
+    exp = rest(ui.base_url, f"experiments/get-by-name?experiment_name={spec.name}")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+    runs = rest(ui.base_url, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    trials = [(r, t) for r, t in zip(runs, tags, strict=True) if t.get("sweep.role") == "trial"]
+    parent = next(r for r, t in zip(runs, tags, strict=True) if t.get("sweep.role") == "parent")
+    assert len(trials) == spec.budget.trials
+    bests, epochs = [], 0
+    for run, tag in trials:
+        name, metrics = run["info"]["run_name"], {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        history = rest(ui.base_url, f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=val_top1")
+        values = {m["step"]: m["value"] for m in history["metrics"]}
+        best = max(values.values())
+        assert metrics["best_val_top1"] == best and values[int(metrics["best_epoch"])] == best
+        assert min(s for s, v in values.items() if v == best) == metrics["best_epoch"]  # the first best epoch
+        assert re.fullmatch(rf"{tag['sweep.trial']} {best:.4f}( stopped@\d)? · lr=\S+ .*", name), name
+        state, ran = tag["sweep.state"], int(tag["sweep.epochs_run"])
+        assert (f"stopped@{ran}" in name) == (state == "stopped_early")
+        if state == "stopped_early":
+            assert tag["mlflow.note.content"].startswith(f"Stopped early at epoch {ran} of 3")
+        assert tag["mlflow.user"] and tag["mlflow.source.type"] == "LOCAL"
+        bests.append(best)
+        epochs += ran
+    assert {t["sweep.state"] for _, t in trials} == {"completed", "stopped_early"}  # ASHA stopped some
+    summary = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert summary["best_val_top1"] == max(bests) and summary["epochs_run"] == epochs
+    assert summary["epochs_full"] == 3 * spec.budget.trials and summary["trials"] == spec.budget.trials
+    assert summary["trials_completed"] + summary["trials_stopped_early"] == spec.budget.trials
+    parent_tags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    assert parent_tags["mlflow.runName"].startswith(f"{spec.name} · best val_top1={max(bests):.4f}")
+    note = parent_tags["mlflow.note.content"]
+    assert spec.description in note and f"{epochs} of {3 * spec.budget.trials} epochs" in note and "| lr |" in note
+    inputs = parent["inputs"]["dataset_inputs"][0]["dataset"]
+    assert inputs["name"] == "digits" and json.loads(inputs["profile"])["n_train"] == 1149
+
+
+def test_the_runs_page_a_person_sees(ui, demo_sweep, tmp_path: Path) -> None:
+    """Headless Chromium renders the link `sweep ui` printed: the trials by name, the best value."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
+    spec, _, _, _ = demo_sweep
+    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
+    flags += " --disable-component-update --disable-sync --window-size=1600,1000 --virtual-time-budget=25000"
+    cmd = [chromium, *flags.split(), f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", ui.link]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    assert "Training runs" in dom
+    for number in range(1, spec.budget.trials + 1):
+        assert f"t{number:02d} " in dom
+    table = load_table(spec.name, demo_sweep[2]).frame
+    assert f"best val_top1={table['val_top1'].max():.4f}" in dom
+
+
+def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, capsys) -> None:
+    import mlflow
+
+    from trainers.classifier.config import ClassifierData
+    from trainers.classifier.data import decode, load_splits
+
+    spec, _, uri, base = demo_sweep
+    results = str(base / "results")
+    assert main(["evaluate", spec.name, "--results", results, "--tracking-uri", uri]) == 0
+    assert main(["promote", spec.name, "--results", results, "--tracking-uri", uri]) == 0
+    assert f"models:/{spec.name}@champion" in capsys.readouterr().out
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"models:/{spec.name}@champion")
+    info = mlflow.models.get_model_info(f"models:/{spec.name}@champion")
+    cfg = ClassifierData.model_validate(spec.dataset.model_dump())
+    splits = load_splits(cfg)
+    assert info.metadata["classes"] == splits.classes
+    images = torch.stack([decode(splits, int(i), cfg.image_size) for i in splits.test])
+    with torch.no_grad():
+        predicted = model(images.float()).argmax(1).numpy()
+    truth = splits.labels[splits.test]
+    confusion = pd.read_csv(base / "results" / spec.name / "test" / "confusion.csv", index_col=0).to_numpy()
+    mine = np.zeros_like(confusion)
+    np.add.at(mine, (truth, predicted), 1)
+    assert (mine == confusion).all()
+    version = mlflow.MlflowClient().get_model_version_by_alias(spec.name, "champion")
+    assert version.tags["sweep.spec_hash"] == spec.digest and float(version.tags["test_top1"]) > 0.5
+    assert version.tags["data.n_train"] == "1149" and version.tags["weights.source"] == "none"
+
+
+def test_the_study_is_kept_and_optuna_dashboard_serves_it(demo_sweep) -> None:
+    import optuna
+
+    spec, _, uri, base = demo_sweep
+    storage = f"sqlite:///{base / 'results' / spec.name / 'optuna.db'}"
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    table = load_table(spec.name, uri).frame.set_index("trial")
+    told = {t.user_attrs["sweep.trial_id"]: t.value for t in study.trials}
+    assert len(study.trials) == spec.budget.trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert told == pytest.approx(table["val_top1"].to_dict())  # each trial's best epoch, as the export
+    served = Served(base, "dashboard", spec.name)
+    studies = json.loads(urllib.request.urlopen(f"{served.base_url}/api/studies", timeout=30).read())
+    assert [s["study_name"] for s in studies["study_summaries"]] == [spec.name]
+    assert served.link.startswith(f"{served.base_url}/dashboard/studies/")
+    assert served.stop() == 0
+
+
+def test_a_multi_objective_sweep_shows_its_pareto_front(tmp_path: Path) -> None:
+    from sweep import store
+    from sweep.records import pareto
+    from sweep.runner import run_sweep
+    from sweep.spec import load_spec
+
+    overrides = [
+        "budget.trials=5",
+        "budget.max_concurrent=2",
+        "fixed.epochs=2",
+        "dataset.image_size=12",
+        "metric={name: [val_top1, val_loss], mode: [max, min]}",
+        "sampler={name: nsga2, seed: 0}",
+        "scheduler.name=fifo",
+        "search.lr.low=1.0e-4",
+    ]
+    spec = load_spec(ROOT / "search_spaces" / "demo.yaml", overrides)
+    run_sweep(spec, results=tmp_path / "results", base=tmp_path)
+    table = load_table(spec.name, store.resolve_uri(None, tmp_path)).frame
+    expected = pareto(table[["val_top1", "val_loss"]].to_numpy().tolist(), ["max", "min"])
+    assert table["pareto"].tolist() == expected and any(expected)
+    assert table["pareto"].tolist() == sorted(expected, reverse=True)  # the front first
+    mlflow = store.client(store.resolve_uri(None, tmp_path))
+    exp = mlflow.get_experiment_by_name(spec.name)
+    parent = store.parent_runs(mlflow, exp.experiment_id, spec.name)[0]
+    front = set(table.loc[table["pareto"], "trial"])
+    assert set(parent.data.tags["sweep.pareto"].split(",")) == front
+    assert parent.data.metrics["pareto_size"] == len(front)
+    assert "Pareto front" in parent.data.tags["mlflow.note.content"]
+
+
+def test_pareto_is_the_set_no_point_dominates() -> None:
+    from sweep.records import pareto
+
+    points = [[0.9, 0.5], [0.8, 0.4], [0.85, 0.6], [0.9, 0.45], [float("nan"), 0.1]]
+    assert pareto(points, ["max", "min"]) == [False, True, False, True, False]
+
+
+def test_sweep_ui_on_a_server_prints_its_link(capsys) -> None:
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
+    assert "http://127.0.0.1:5999/#/experiments" in capsys.readouterr().out
+
+
+def test_ui_refuses_a_port_in_use(demo_sweep, capsys) -> None:
+    spec, _, uri, base = demo_sweep
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        code = main(["ui", spec.name, "--tracking-uri", uri, "--port", str(port)])
+    assert code == 2 and f"--port: 127.0.0.1:{port} is in use" in capsys.readouterr().err
+
+
+def test_tensorboard_serves_the_trials_event_files(demo_sweep) -> None:
+    spec, _, _, base = demo_sweep
+    served = Served(base, "tensorboard", spec.name)
+    runs = json.loads(urllib.request.urlopen(f"{served.base_url}/data/runs", timeout=30).read())
+    assert len(runs) >= spec.budget.trials  # one event file folder per trial
+    assert served.stop() == 0
