@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import trainers
+from sweep import store
 from sweep.errors import SweepError
 from sweep.evaluate import best_trial, sweep_spec
 
@@ -44,10 +45,10 @@ def promote(
     model_uri = run.data.tags.get(MODEL_TAG) or _log_model(best, uri, spec.entry.served())
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(
-        model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
-    )
+    with store.fluent(uri):
+        version = mlflow.register_model(
+            model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
+        )
     best.client.set_registered_model_alias(version.name, alias, version.version)
     return Promoted(version.name, str(version.version), alias, model_uri, best.trial_id)
 
@@ -68,8 +69,7 @@ def _log_model(best: Any, uri: str, served: Any) -> str:
     fixed = "image_size" in meta
     shape = (-1, *example.shape[1:]) if fixed else (-1, example.shape[1], -1, -1)
     signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, shape)]))
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=best.run_id):
+    with store.fluent(uri), mlflow.start_run(run_id=best.run_id):
         info = mlflow.pytorch.log_model(
             model,
             name="model",

@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -34,6 +35,8 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # MLflow prints a "View run … at: URL" line per ended run; our progress lines are the output.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
@@ -80,6 +83,25 @@ def client(uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=uri)
     except ImportError as e:
         raise unreachable(uri, e) from None
+
+
+@contextmanager
+def fluent(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.pytorch.log_model``, ``register_model``, ``models:/`` URIs) on ``uri`` for
+    the block, and as before afterwards: ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the
+    process environment, which every later sweep and child process would otherwise inherit."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, before_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if before_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 def ensure_sqlite(path: Path) -> None:

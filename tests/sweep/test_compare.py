@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sweep import store
 from sweep.cli import main
 from sweep.export import load_table
 from tests.sweep.conftest import ROOT
@@ -131,9 +132,9 @@ def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, capsys) -> Non
     assert main(["evaluate", spec.name, "--results", results, "--tracking-uri", uri]) == 0
     assert main(["promote", spec.name, "--results", results, "--tracking-uri", uri]) == 0
     assert f"models:/{spec.name}@champion" in capsys.readouterr().out
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(f"models:/{spec.name}@champion")
-    info = mlflow.models.get_model_info(f"models:/{spec.name}@champion")
+    with store.fluent(uri):
+        model = mlflow.pytorch.load_model(f"models:/{spec.name}@champion")
+        info = mlflow.models.get_model_info(f"models:/{spec.name}@champion")
     cfg = ClassifierData.model_validate(spec.dataset.model_dump())
     splits = load_splits(cfg)
     assert info.metadata["classes"] == splits.classes
@@ -145,7 +146,7 @@ def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, capsys) -> Non
     mine = np.zeros_like(confusion)
     np.add.at(mine, (truth, predicted), 1)
     assert (mine == confusion).all()
-    version = mlflow.MlflowClient().get_model_version_by_alias(spec.name, "champion")
+    version = store.client(uri).get_model_version_by_alias(spec.name, "champion")
     assert version.tags["sweep.spec_hash"] == spec.digest and float(version.tags["test_top1"]) > 0.5
     assert version.tags["data.n_train"] == "1149" and version.tags["weights.source"] == "none"
 
@@ -169,7 +170,6 @@ def test_the_study_is_kept_and_optuna_dashboard_serves_it(demo_sweep) -> None:
 
 
 def test_a_multi_objective_sweep_shows_its_pareto_front(tmp_path: Path) -> None:
-    from sweep import store
     from sweep.records import pareto
     from sweep.runner import run_sweep
     from sweep.spec import load_spec

@@ -159,15 +159,15 @@ def test_promoted_detector_predicts_like_its_checkpoint(swept) -> None:
     _, uri, base = swept
     done = _cli(base, "promote", NAME)
     assert done.returncode == 0, done.stderr
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(f"models:/{NAME}@champion")
-    version = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
-    weights = mlflow.MlflowClient().download_artifacts(version.tags["sweep.run_id"], "checkpoints/best.pt", str(base))
+    with store.fluent(uri):
+        model = mlflow.pytorch.load_model(f"models:/{NAME}@champion")
+        info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
+    version = store.client(uri).get_model_version_by_alias(NAME, "champion")
+    weights = store.client(uri).download_artifacts(version.tags["sweep.run_id"], "checkpoints/best.pt", str(base))
     reference, _ = load_detector(Path(weights))
     image = read_image(sorted((base / "data" / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[0])
     with torch.no_grad():
         served = model(image[None].float())[0]
         direct = reference([image.float() / 255])[0]
     assert torch.allclose(served["boxes"], direct["boxes"]) and torch.equal(served["labels"], direct["labels"])
-    info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
     assert info.metadata["classes"] == ["circle", "square", "triangle"]
