@@ -100,10 +100,13 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size, build_s, ld, lc, td, tc in rows:
-        lines.append(f"| {size} | {build_s:.1f} | {ld:.0f} | {lc:.0f} | {lc / ld:.1f}× | {td:.1f} | {tc:.1f} | "
-                     f"{tc / td:.2f}× |")
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{args.threads} threads, {args.images} JPEGs of 200–300 px sides")
+        lines.append(
+            f"| {size} | {build_s:.1f} | {ld:.0f} | {lc:.0f} | {lc / ld:.1f}× | {td:.1f} | {tc:.1f} | {tc / td:.2f}× |"
+        )
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} threads, {args.images} JPEGs of 200–300 px sides"
+    )
     text = "\n".join(lines)
     print(machine)
     print(text)

@@ -62,11 +62,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sweep.export import load_table, locate_uri, render
+    from sweep.export import compare, load_table, locate_uri, render
 
-    table = load_table(args.name, locate_uri(args.name, Path(args.results), args.tracking_uri), args.experiment)
-    text = render(table, args.format, args.top)
-    out = Path(args.output) if args.output else Path(args.results) / args.name / f"best_params.{_suffix(args.format)}"
+    results = Path(args.results)
+    keys = [args.group_by] if args.group_by else []
+    tables = [load_table(n, locate_uri(n, results, args.tracking_uri), args.experiment, keys) for n in args.names]
+    if len(tables) == 1 and not args.group_by:
+        text = render(tables[0], args.format, args.top)
+        default = results / args.names[0] / f"best_params.{_suffix(args.format)}"
+    else:
+        by = f" per {args.group_by}" if args.group_by else ""
+        metrics = ", ".join(sorted({f"{t.metric} {t.mode}" for t in tables}))
+        caption = f"Best trials{by} of {', '.join(args.names)} ({metrics})"
+        text = render(compare(tables, args.group_by, args.top), args.format, caption=caption)
+        stem = "_".join(args.names) + (f"_by_{args.group_by}" if args.group_by else "")
+        default = results / f"best_params_{stem}.{_suffix(args.format)}"
+    out = Path(args.output) if args.output else default
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -80,7 +91,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _suffix(fmt: str) -> str:
-    return {"md": "md", "csv": "csv", "latex": "tex"}[fmt]
+    return {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}[fmt]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -242,9 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
     run.set_defaults(func=_run)
     name_cmd("status", "trials, states and the best so far").set_defaults(func=_status)
-    export = name_cmd("export", "the best-params table (md, csv, latex)")
-    export.add_argument("--format", choices=("md", "csv", "latex"), default="md")
-    export.add_argument("--top", type=int, help="only the best K trials")
+    export = sub.add_parser("export", help="the best-params table of one sweep, or several side by side")
+    export.add_argument("names", nargs="+", metavar="NAME", help="sweeps (several: their best trials in one table)")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's, or ./mlruns.db)")
+    export.add_argument("--experiment", help="MLflow experiment (default: the sweep's name)")
+    export.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    export.add_argument("--group-by", metavar="KEY", help="a parameter or tag: the best trial of each value")
+    export.add_argument("--top", type=int, help="only the best K trials (of each sweep and group)")
     export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")
     export.set_defaults(func=_export)
     name_cmd("evaluate", "score the best trial on the test part").set_defaults(func=_evaluate)

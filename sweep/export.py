@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from sweep import records, store
 from sweep.errors import SweepError
 
-FORMATS = ("md", "csv", "latex")
+FORMATS = ("md", "csv", "latex", "html")
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,11 @@ def locate_uri(name: str, results: Path, uri: str | None) -> str:
     return store.connect(store.resolve_uri(None, Path(".")))
 
 
-def load_table(name: str, uri: str, experiment: str | None = None) -> SweepTable:
-    """Read the newest parent run of sweep ``name`` and its trials back from MLflow."""
+def load_table(name: str, uri: str, experiment: str | None = None, keys: Sequence[str] = ()) -> SweepTable:
+    """Read the newest parent run of sweep ``name`` and its trials back from MLflow, in bulk: one paged
+    search, each run's ``best_<metric>`` and ``sweep.epochs_run`` as the trial logged them (a metric's history
+    is read only for a trial that has not logged its best yet). ``keys`` adds columns of params or tags
+    (``model.arch``, ``weights.source``) to group by."""
     mlflow = store.client(uri)
     try:
         exp = mlflow.get_experiment_by_name(experiment or name)
@@ -54,30 +59,73 @@ def load_table(name: str, uri: str, experiment: str | None = None) -> SweepTable
     metrics, modes = tags["sweep.metric"].split(","), tags["sweep.mode"].split(",")
     metric, mode = metrics[0], modes[0]
     searched = [s for s in tags.get("sweep.searched", "").split(",") if s]
+    test = "test_" + metric.removeprefix("val_")
     rows = []
     for run in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id):
         if run.data.tags.get(store.STATE_TAG) == "orphaned":
             continue
-        history = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id, metric)}
-        usable = {k: v for k, v in history.items() if math.isfinite(v)}
-        pick = max if mode == "max" else min
-        at = pick(usable, key=lambda k: usable[k]) if usable else None  # the best epoch, first of ties
-        row = {"trial": run.data.tags.get("sweep.trial_id", run.info.run_id)}
-        row |= {p: _number(run.data.params[p]) if p in run.data.params else None for p in searched}
-        row[metric] = usable[at] if at is not None else math.nan
-        for other in metrics[1:]:  # the other objectives at that epoch, as the study is told them
-            values = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id, other)}
-            row[other] = values.get(at, math.nan) if at is not None else math.nan
-        row |= {"epochs": len(history), "state": run.data.tags.get(store.STATE_TAG, "unknown")}
+        row = _row(mlflow, run, metrics, mode, searched, test)
+        row |= {k: _number(run.data.params[k]) if k in run.data.params else run.data.tags.get(k) for k in keys}
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["trial", *searched, *metrics, "epochs", "state"])
+    columns = ["trial", "run", *searched, *metrics, test, "epochs", "wall_s", "state", *keys]
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
+    if frame[test].isna().all():
+        frame = frame.drop(columns=test)  # the sweep was not evaluated on its test part
     if len(metrics) > 1:
-        frame.insert(len(frame.columns) - 2, "pareto", records.pareto(frame[metrics].to_numpy().tolist(), modes))
-        frame = frame.sort_values(["pareto", metric], ascending=[False, mode == "min"], kind="stable")
-    else:
-        frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable")
-    frame.insert(0, "rank", range(1, len(frame) + 1))
-    return SweepTable(name, metric, mode, searched, parent.info.run_id, frame.reset_index(drop=True))
+        pareto = records.pareto(frame[metrics].to_numpy().tolist(), modes)
+        frame.insert(frame.columns.get_loc("epochs"), "pareto", pareto)
+    return SweepTable(name, metric, mode, searched, parent.info.run_id, ranked(frame, metric, mode))
+
+
+def ranked(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Best first by ``metric`` and ``mode`` (the Pareto front first when there is one); ties in the order the
+    trials ran (their number); trials without a value last. Adds ``rank``."""
+    keys, ascending = [metric, "run"], [mode == "min", True]
+    if "pareto" in frame:
+        keys, ascending = ["pareto", *keys], [False, *ascending]
+    out = frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out
+
+
+def _row(mlflow: Any, run: Any, metrics: list[str], mode: str, searched: list[str], test: str) -> dict[str, Any]:
+    """One trial: its parameters, every objective at its best epoch, its test score, epochs, wall time, state."""
+    data, tags, info = run.data.metrics, run.data.tags, run.info
+    row = {"trial": tags.get("sweep.trial_id", info.run_id), "run": tags.get(records.TRIAL_TAG, "")}
+    row |= {p: _number(run.data.params[p]) if p in run.data.params else None for p in searched}
+    epochs = tags.get("sweep.epochs_run")
+    if f"best_{metrics[0]}" in data:
+        row |= {m: data.get(f"best_{m}", math.nan) for m in metrics}
+    else:  # nothing logged as best yet (a trial still in its first epoch, a run of an older version)
+        history = mlflow.get_metric_history(info.run_id, metrics[0])
+        usable = [m for m in history if math.isfinite(m.value)]
+        pick = max if mode == "max" else min
+        row |= {metrics[0]: pick(usable, key=lambda m: m.value).value if usable else math.nan}
+        row |= {m: math.nan for m in metrics[1:]}
+        epochs = epochs or str(len(history))
+    row[test] = data.get(test, math.nan)
+    row["epochs"] = int(epochs or 0)
+    row["wall_s"] = round((info.end_time - info.start_time) / 1000, 1) if info.end_time else math.nan
+    row["state"] = tags.get(store.STATE_TAG, "unknown")
+    return row
+
+
+def compare(tables: Sequence[SweepTable], group_by: str | None = None, top: int | None = None) -> pd.DataFrame:
+    """The best trials side by side: per sweep (``top`` each, default 1 when there are several sweeps) and
+    per value of ``group_by`` (the best trial of each group), one table across sweeps."""
+    per = top or (1 if len(tables) > 1 or group_by else None)
+    frames = []
+    for table in tables:
+        frame = table.frame.drop(columns="rank")
+        if group_by:
+            frame = frame.groupby(group_by, sort=False, dropna=False).head(per)  # the frame is ranked already
+        elif per:
+            frame = frame.head(per)
+        frames.append(frame.assign(sweep=table.name) if len(tables) > 1 else frame)
+    out = pd.concat(frames, ignore_index=True)
+    if len(tables) > 1:
+        out = out[["sweep", *[c for c in out.columns if c != "sweep"]]]
+    return out
 
 
 def _number(text: str) -> float | int | str:
@@ -89,9 +137,13 @@ def _number(text: str) -> float | int | str:
     return text
 
 
-def render(table: SweepTable, fmt: str, top: int | None = None) -> str:
-    """The best-params table as Markdown, CSV or LaTeX."""
-    frame = table.frame.head(top) if top else table.frame
+def render(table: SweepTable | pd.DataFrame, fmt: str, top: int | None = None, caption: str = "") -> str:
+    """A table as Markdown, CSV, LaTeX or HTML."""
+    if isinstance(table, SweepTable):
+        caption = caption or f"Best parameters of sweep {table.name} ({table.metric}, {table.mode})"
+        frame = table.frame.head(top) if top else table.frame
+    else:
+        frame = table
     if fmt == "md":
         # A conditional parameter a trial did not have is blank, not "nan".
         shown = frame.astype(object).where(frame.notna(), None)
@@ -99,8 +151,10 @@ def render(table: SweepTable, fmt: str, top: int | None = None) -> str:
     if fmt == "csv":
         return str(frame.to_csv(index=False))
     if fmt == "latex":
-        caption = f"Best parameters of sweep {table.name} ({table.metric}, {table.mode})".replace("_", r"\_")
-        return str(frame.to_latex(index=False, float_format="%.4g", caption=caption, escape=True))
+        return str(frame.to_latex(index=False, float_format="%.4g", caption=caption.replace("_", r"\_"), escape=True))
+    if fmt == "html":
+        styled = frame.style.format(precision=4, na_rep="–").hide(axis="index")
+        return str((styled.set_caption(caption) if caption else styled).to_html())
     raise SweepError(f"--format: unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
 
 

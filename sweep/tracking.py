@@ -51,6 +51,16 @@ def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def release_interrupts() -> None:
+    """After the sweep: Ctrl-C raises KeyboardInterrupt again and SIGTERM ends the process (a notebook or a
+    script that runs several sweeps gets its signals back)."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:
+        pass
+
+
 def catch_interrupts() -> None:
     """Chain in front of Ray Tune's SIGINT handler (it stops the sweep and saves its state) to remember
     that the sweep was interrupted; SIGTERM is handled the same way. A second Ctrl-C aborts at once."""
@@ -204,6 +214,7 @@ class MlflowCallback(Callback):
         self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})
         self.journal.submit({"op": "summary", "context": self.context})
         self.journal.submit({"op": "parent_end", "status": "KILLED" if INTERRUPTED.is_set() else "FINISHED"})
+        release_interrupts()
         if not self.journal.drain(self.drain_s):
             print(
                 f"tracking: store still unreachable; {len(self.journal.pending)} records kept in "

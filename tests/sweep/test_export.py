@@ -1,0 +1,98 @@
+"""The report's tables: numbers equal to what MLflow holds, read in bulk; several sweeps side by side, the best
+trial per group, a min-mode metric, ties."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweep import store
+from sweep.export import compare, load_table, ranked, render
+from sweep.runner import run_sweep
+from sweep.spec import load_spec
+from tests.sweep.conftest import QUICK, ROOT
+
+
+@pytest.fixture(scope="module")
+def loss_sweep(tmp_path_factory):
+    """A second sweep, ranked by a metric to minimise, in a store of its own."""
+    base = tmp_path_factory.mktemp("loss")
+    overrides = [*QUICK, "name=digits-loss", "budget.trials=3", "fixed.epochs=2", "scheduler.name=fifo"]
+    spec = load_spec(ROOT / "search_spaces" / "demo.yaml", [*overrides, "metric={name: val_loss, mode: min}"])
+    run_sweep(spec, results=base / "results", base=base)
+    return spec, store.resolve_uri(None, base), base
+
+
+def histories(uri: str, name: str, metric: str) -> dict[str, list[float]]:
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    parent = store.parent_runs(mlflow, exp.experiment_id, name)[0]
+    return {
+        r.data.tags["sweep.trial_id"]: [m.value for m in mlflow.get_metric_history(r.info.run_id, metric)]
+        for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
+    }
+
+
+@pytest.mark.e2e
+def test_a_min_metric_is_ranked_lowest_first_from_one_bulk_read(loss_sweep, monkeypatch) -> None:
+    spec, uri, _ = loss_sweep
+    expected = {t: min(h) for t, h in histories(uri, spec.name, "val_loss").items()}
+    from mlflow import MlflowClient
+
+    def no_history(*args, **kwargs):
+        raise AssertionError("an ended trial's table row needs no metric history")
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", no_history)
+    frame = load_table(spec.name, uri).frame
+    assert dict(zip(frame["trial"], frame["val_loss"], strict=True)) == pytest.approx(expected)
+    assert frame["val_loss"].is_monotonic_increasing and list(frame["rank"]) == [1, 2, 3]
+    assert (frame["epochs"] == 2).all() and (frame["wall_s"] > 0).all() and list(frame["run"]) != []
+
+
+@pytest.mark.e2e
+def test_several_sweeps_give_one_table_of_their_best(demo_sweep, loss_sweep, tmp_path: Path) -> None:
+    demo, _, demo_uri, demo_base = demo_sweep
+    loss, loss_uri, loss_base = loss_sweep
+    results = tmp_path / "results"
+    for base, name in ((demo_base, demo.name), (loss_base, loss.name)):  # each sweep's record names its store
+        (results / name).mkdir(parents=True)
+        (results / name / "sweep.json").write_bytes((base / "results" / name / "sweep.json").read_bytes())
+    out = tmp_path / "both.csv"
+    cmd = [sys.executable, "-m", "sweep", "export", demo.name, loss.name, "--format", "csv", "-o", str(out)]
+    done = subprocess.run([*cmd, "--results", str(results)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out)
+    assert list(table["sweep"]) == [demo.name, loss.name] and table.columns[0] == "sweep"
+    assert table.loc[0, "val_top1"] == pytest.approx(
+        max(max(h) for h in histories(demo_uri, demo.name, "val_top1").values())
+    )
+    assert table.loc[1, "val_loss"] == pytest.approx(
+        min(min(h) for h in histories(loss_uri, loss.name, "val_loss").values())
+    )
+    html = render(compare([load_table(demo.name, demo_uri)], top=2), "html", caption="Best two")
+    assert "<table" in html and "<caption>Best two</caption>" in html
+
+
+@pytest.mark.e2e
+def test_group_by_gives_the_best_trial_of_each_value(demo_sweep) -> None:
+    spec, _, uri, _ = demo_sweep
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name(spec.name)
+    parent = store.parent_runs(mlflow, exp.experiment_id, spec.name)[0]
+    best: dict[str, float] = {}
+    for run in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id):
+        value = max(m.value for m in mlflow.get_metric_history(run.info.run_id, "val_top1"))
+        optimizer = run.data.params["optimizer"]
+        best[optimizer] = max(best.get(optimizer, -math.inf), value)
+    grouped = compare([load_table(spec.name, uri, keys=["optimizer", "weights.source"])], group_by="optimizer")
+    assert dict(zip(grouped["optimizer"], grouped["val_top1"], strict=True)) == pytest.approx(best)
+    assert set(grouped["weights.source"]) == {"none"}  # a tag works as a key too
+
+
+def test_ties_keep_the_order_the_trials_ran() -> None:
+    frame = pd.DataFrame({"trial": list("abcd"), "run": ["t03", "t01", "t02", "t04"], "m": [0.5, 0.9, 0.5, math.nan]})
+    assert list(ranked(frame, "m", "max")["run"]) == ["t01", "t02", "t03", "t04"]
+    assert list(ranked(frame, "m", "min")["run"]) == ["t02", "t03", "t01", "t04"]
