@@ -8,6 +8,7 @@ the same run with reading every trial's metric history (what the table needed be
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -78,7 +79,7 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python benchmarks/bench_export.py --trials {args.trials} --epochs {args.epochs}`",
         "",
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, SQLite store on local disk; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, SQLite store on local disk; "
         f"{time.strftime('%Y-%m-%d')}.",
         "",
         "| trials × epochs | metric rows | write the store (s) | `load_table`, bulk (s) | per-trial histories (s) "

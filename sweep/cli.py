@@ -109,6 +109,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from sweep.report import build
+
+    results = Path(args.results)
+    out = Path(args.output) if args.output else results / "report" / "_".join(args.names)
+    page = build(args.names, results, out, args.tracking_uri)
+    print(f"report in {out}: {page.name} (self-contained) and report.md with its figures")
+    return 0
+
+
 def _promote(args: argparse.Namespace) -> int:
     from sweep.export import locate_uri
     from sweep.promote import promote
@@ -271,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score", type=float, default=0.5, help="draw predictions scoring at least this (0.5)")
     detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
+    report = sub.add_parser("report", help="a report folder: tables, figures, spec; report.md and report.html")
+    report.add_argument("names", nargs="+", metavar="NAME", help="the sweeps to report on")
+    report.add_argument("-o", "--output", help="folder to write (default: results/report/NAME[_NAME…])")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: each sweep's, or ./mlruns.db)")
+    report.set_defaults(func=_report)
     promote = name_cmd("promote", "register the best model in the MLflow Model Registry")
     promote.add_argument("--as", dest="registered_name", help="registered model name (default: the sweep's name)")
     promote.add_argument("--alias", default="champion", help="alias moved to the new version (default: champion)")

@@ -171,3 +171,15 @@ def test_promoted_detector_predicts_like_its_checkpoint(swept) -> None:
         direct = reference([image.float() / 255])[0]
     assert torch.allclose(served["boxes"], direct["boxes"]) and torch.equal(served["labels"], direct["labels"])
     assert info.metadata["classes"] == ["circle", "square", "triangle"]
+
+
+def test_a_detector_report_has_per_class_ap_and_proposals(swept, tmp_path: Path) -> None:
+    from tests.sweep.test_report import assert_pictures
+
+    _, _, base = swept
+    out = tmp_path / "report"
+    done = _cli(base, "report", NAME, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    kinds = ("curves", "history", "importances", "parallel", "per_class_ap", "proposals")
+    assert_pictures(out, NAME, kinds)
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == len(kinds)

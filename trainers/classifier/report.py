@@ -87,3 +87,30 @@ def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@torch.no_grad()
+def features(
+    weights: Path, dataset: dict, cache_dir: Path | None = None, limit: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Penultimate-layer features (the input of the classification head) of the test part, at most ``limit``
+    images drawn with ``seed``; with their labels and the class names: what a t-SNE map is drawn from."""
+    from trainers.classifier.models import head_name
+
+    cfg = ClassifierData.model_validate(dataset)
+    model, blob = load_classifier(weights)
+    splits = load_splits(cfg)
+    images, ok = loader.decoded(splits, cfg.image_size, cache_dir)
+    test = splits.test[ok[splits.test]]
+    if len(test) > limit:
+        test = np.sort(np.random.default_rng(seed).choice(test, limit, replace=False))
+    captured: list[torch.Tensor] = []
+    head = model.get_submodule(head_name(model))
+    hook = head.register_forward_hook(lambda module, args, out: captured.append(args[0].flatten(1).cpu()))
+    try:
+        device = pick_device("auto")
+        model.to(device)
+        evaluate(model, loader.cached_batches(images, splits.labels, test, 256, False, 0), Precision(device, True))
+    finally:
+        hook.remove()
+    return torch.cat(captured).numpy(), splits.labels[test], list(blob["classes"])

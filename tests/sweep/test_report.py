@@ -1,0 +1,54 @@
+"""`sweep report`: every figure of a classifier sweep's report exists, is a real picture, and the
+self-contained HTML page shows them all in a real browser; the figures are logged to the parent run."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sweep import store
+from sweep.cli import main
+
+pytestmark = pytest.mark.e2e
+CLASSIFIER_FIGURES = ("curves", "history", "importances", "parallel", "confusion", "tsne")
+
+
+def assert_pictures(folder: Path, name: str, kinds: tuple[str, ...]) -> None:
+    for kind in kinds:
+        with Image.open(folder / f"{name}_{kind}.png") as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 300, (kind, image.size)
+            pixels = np.asarray(image.convert("L"), dtype=float)
+        assert pixels.std() > 10, f"{kind} is blank"
+
+
+def test_a_classifier_report_has_every_figure_and_reads_in_a_browser(demo_sweep, tmp_path: Path, capsys) -> None:
+    spec, _, uri, base = demo_sweep
+    out = tmp_path / "report"
+    assert main(["report", spec.name, "-o", str(out), "--results", str(base / "results"), "--tracking-uri", uri]) == 0
+    assert_pictures(out, spec.name, CLASSIFIER_FIGURES)
+    md = (out / "report.md").read_text()
+    assert all(f"]({spec.name}_{kind}.png)" in md for kind in CLASSIFIER_FIGURES)
+    assert "**Early stopping** (asha)" in md and "### Search space" in md and "```yaml" in md
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(CLASSIFIER_FIGURES)  # self-contained
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
+    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
+    cmd = [
+        chromium,
+        *flags.split(),
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        (out / "report.html").as_uri(),
+    ]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png", dom)) == len(CLASSIFIER_FIGURES)
+    assert "t-SNE map of the best model" in dom and "<table" in dom
+    mlflow = store.client(uri)
+    parent = store.parent_runs(mlflow, mlflow.get_experiment_by_name(spec.name).experiment_id, spec.name)[0]
+    logged = {a.path for a in mlflow.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{spec.name}_{kind}.png" for kind in CLASSIFIER_FIGURES} <= logged
