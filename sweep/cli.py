@@ -109,6 +109,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    from sweep.export import render
+    from sweep.rerun import rerun
+
+    table = rerun(args.name, Path(args.results), args.top, args.seeds, args.address)
+    print(render(table, "md"))
+    metric = [c for c in table.columns if c.endswith("_mean")][0].removesuffix("_mean")
+    for _, row in table.iterrows():
+        print(
+            f"{row['run']}: {metric} {row[f'{metric}_mean']:.4f} ± {row[f'{metric}_ci95']:.4f} "
+            f"(95% CI, {int(row['seeds'])} seeds; the search's single run: {row[metric]:.4f})"
+        )
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sweep.report import build
 
@@ -214,7 +229,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _tensorboard(args: argparse.Namespace) -> int:
     from sweep.serve import serve, tool
 
-    logdir = Path(args.results) / args.name / "tune"
+    logdir = Path(args.results) / args.name  # tune/ (the metrics) and trials/*/tb (histograms, when asked)
     if not logdir.is_dir():
         raise SweepError(f"no sweep '{args.name}' in {args.results} (no {logdir})")
     url = _free_url(args.host, args.port)
@@ -281,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score", type=float, default=0.5, help="draw predictions scoring at least this (0.5)")
     detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
+    again = name_cmd("rerun", "re-run the best configurations with new seeds: mean ± 95% CI")
+    again.add_argument("--top", type=int, default=3, help="how many of the best configurations (default 3)")
+    again.add_argument("--seeds", type=int, default=5, help="new seeds for each (default 5)")
+    again.add_argument("--address", help="join an existing Ray cluster")
+    again.set_defaults(func=_rerun)
     report = sub.add_parser("report", help="a report folder: tables, figures, spec; report.md and report.html")
     report.add_argument("names", nargs="+", metavar="NAME", help="the sweeps to report on")
     report.add_argument("-o", "--output", help="folder to write (default: results/report/NAME[_NAME…])")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sweep import records, store
@@ -74,6 +75,10 @@ def load_table(name: str, uri: str, experiment: str | None = None, keys: Sequenc
     if len(metrics) > 1:
         pareto = records.pareto(frame[metrics].to_numpy().tolist(), modes)
         frame.insert(frame.columns.get_loc("epochs"), "pareto", pareto)
+    seeds = seeds_summary(mlflow, exp.experiment_id, parent.info.run_id, metric)
+    if len(seeds):  # `sweep rerun` ran: each re-run configuration's mean ± 95% CI over its seeds
+        frame = frame.join(seeds, on="trial")
+        frame = frame[[c for c in frame.columns if c not in seeds.columns] + list(seeds.columns)]
     return SweepTable(name, metric, mode, searched, parent.info.run_id, ranked(frame, metric, mode))
 
 
@@ -86,6 +91,33 @@ def ranked(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     out = frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     out.insert(0, "rank", range(1, len(out) + 1))
     return out
+
+
+def interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
+    """Mean, half-width of the ``level`` confidence interval (Student's t), and the sample size."""
+    from scipy import stats
+
+    clean = [v for v in values if math.isfinite(v)]
+    n = len(clean)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(np.mean(clean))
+    if n == 1:
+        return mean, math.nan, 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * np.std(clean, ddof=1) / math.sqrt(n))
+    return mean, half, n
+
+
+def seeds_summary(client: Any, exp_id: str, parent_id: str, metric: str) -> pd.DataFrame:
+    """Per re-run configuration (the trial it repeats): mean, 95% CI half-width and count of ``best_<metric>``."""
+    rows: dict[str, list[float]] = {}
+    for run in store.trial_runs(client, exp_id, parent_id, role=store.RERUN):
+        if run.data.tags.get(store.STATE_TAG) in ("completed", "stopped_early", "diverged"):
+            value = run.data.metrics.get(f"best_{metric}", math.nan)
+            rows.setdefault(run.data.params.get("rerun_of", ""), []).append(value)
+    stats = {trial: interval(values) for trial, values in rows.items()}
+    columns = [f"{metric}_mean", f"{metric}_ci95", "seeds"]
+    return pd.DataFrame.from_dict(stats, orient="index", columns=columns)
 
 
 def _row(mlflow: Any, run: Any, metrics: list[str], mode: str, searched: list[str], test: str) -> dict[str, Any]:

@@ -54,11 +54,14 @@ class MlflowWriter:
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         dataset: Mapping[str, Any] | None = None,
+        role: str = TRIAL,
     ) -> None:
         self.client, self.exp_id, self.parent_id = client, exp_id, parent_id
         self.objectives = list(objectives)
         self.metric = self.objectives[0][0]
         self.params, self.tags, self.dataset = dict(params), dict(tags), dict(dataset or {})
+        self.role = role
+        """``sweep.role`` of the runs this writer creates: the sweep's trials, or re-runs of them."""
         self.runs: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.best: dict[str, dict[str, tuple[float, int]]] = {}
@@ -90,7 +93,7 @@ class MlflowWriter:
             tags = {
                 **self.tags,
                 "mlflow.parentRunId": self.parent_id,
-                "sweep.role": TRIAL,
+                "sweep.role": self.role,
                 "sweep.trial_id": trial_id,
                 records.TRIAL_TAG: records.trial_number(number),
                 STATE_TAG: "running",

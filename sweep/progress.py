@@ -48,7 +48,10 @@ class ProgressCallback(Callback):
         self._last = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        from sweep.runner import flat_config
+
+        values = flat_config(trial.config).items()
+        config = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)
         self._print(trials, f"started {trial.trial_id}: {config}")
 
     def on_trial_result(

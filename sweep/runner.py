@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,14 @@ RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 LOG_FILE = "ray.log"
+RERUN, RERUN_KEYS = "rerun", ("rerun_seed", "rerun_of")
+"""A re-run trial's config (``sweep rerun``) is ``{"rerun": {...sampled values, rerun_seed, rerun_of}}``: its
+seed and the trial whose configuration it repeats ride along with the values."""
+
+
+def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's config as its parameters: a re-run's values lifted out of their ``rerun`` key."""
+    return dict(config[RERUN]) if RERUN in config else dict(config)
 
 
 def _quiet() -> None:
@@ -97,13 +106,15 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_from, dirs_exist_ok=True)
     entry = TRAINERS.get(setup.trainer)
+    config = flat_config(config)
+    sampled = {k: v for k, v in config.items() if k not in RERUN_KEYS}
     params = TrialParams(
         dataset=setup.dataset,
         model=setup.model,
-        hparams=entry.hparams.model_validate({**setup.fixed, **config}),
+        hparams=entry.hparams.model_validate({**setup.fixed, **sampled}),
         work_dir=work_dir,
         resume_from=resume_from,
-        seed=setup.seed,
+        seed=int(config.get("rerun_seed", setup.seed)),
         threads=setup.threads,
         cache_dir=setup.cache_dir,
         metric=setup.metrics[0] if setup.metrics else "",
@@ -173,12 +184,12 @@ def run_sweep(
         raise store.unreachable(uri, e) from None
     study_url = store.connect(study.storage_url(root, spec.tracking.study))
     storage = _study_storage(study_url, spec.name, resume)
-    _start_ray(address, root / LOG_FILE)
-    _check_resources(spec)
+    start_ray(address, root / LOG_FILE)
+    check_resources(spec)
     from ray import tune
 
-    tags = _common_tags(spec, base)  # once: it asks git for the commit
-    dataset = _dataset_info(spec, sizes)
+    tags = common_tags(spec, base)  # once: it asks git for the commit
+    dataset = dataset_info(spec, sizes)
     if resume:
         parent_id = saved["parent_run_id"]
         mlflow.update_run(parent_id, status="RUNNING")
@@ -193,6 +204,29 @@ def run_sweep(
             "spec": spec.raw,
         }
         _atomic_json(state_file, record)
+    trainable = make_trainable(spec, root)
+    if resume:
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=_tune_config(spec, storage),
+            run_config=run_config(spec, root, uri, exp_id, parent_id, tags, dataset),
+        )
+    from sweep.tracking import INTERRUPTED, last_line
+
+    INTERRUPTED.clear()
+    grid = tuner.fit()
+    if not INTERRUPTED.is_set():
+        study.close_orphans(study_url, spec.name)
+    errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]
+    return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
+
+
+def make_trainable(spec: Spec, root: Path) -> Any:
+    """The Ray Tune trainable of the sweep's trials, with their share of the cluster."""
+    from ray import tune
+
     setup = TrialSetup(
         spec.trainer,
         spec.dataset,
@@ -205,26 +239,10 @@ def run_sweep(
         tuple(spec.metric.names),
         spec.metric.modes[0],
     )
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(run_trial, setup=setup),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    if resume:
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=_tune_config(spec, storage),
-            run_config=_run_config(spec, root, uri, exp_id, parent_id, tags, dataset),
-        )
-    from sweep.tracking import INTERRUPTED, last_line
-
-    INTERRUPTED.clear()
-    grid = tuner.fit()
-    if not INTERRUPTED.is_set():
-        study.close_orphans(study_url, spec.name)
-    errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]
-    return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
 
 
 def _resolve(path: str) -> Any:
@@ -234,7 +252,7 @@ def _resolve(path: str) -> Any:
     return getattr(importlib.import_module(module), func)
 
 
-def _start_ray(address: str | None, log: Path) -> None:
+def start_ray(address: str | None, log: Path) -> None:
     """Start (or join) Ray with our environment; its own log lines and tracebacks go to ``log``, our
     progress lines are the terminal's."""
     import ray
@@ -267,7 +285,7 @@ def _start_ray(address: str | None, log: Path) -> None:
     ray_logger.propagate = False
 
 
-def _check_resources(spec: Spec) -> None:
+def check_resources(spec: Spec) -> None:
     """Refuse what the cluster can never place: such a trial would wait forever."""
     import ray
 
@@ -327,7 +345,7 @@ def _tune_config(spec: Spec, storage: Any) -> Any:
     )
 
 
-def _dataset_info(spec: Spec, sizes: Mapping[str, Any]) -> dict[str, Any]:
+def dataset_info(spec: Spec, sizes: Mapping[str, Any]) -> dict[str, Any]:
     """The dataset as the runs' dataset input says it: name, root and the split sizes preflight counted."""
     data = spec.dataset.model_dump()
     return {
@@ -348,9 +366,18 @@ def _context(spec: Spec, dataset: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_config(
-    spec: Spec, root: Path, uri: str, exp_id: str, parent_id: str, tags: Mapping[str, str], dataset: Mapping[str, Any]
+def run_config(
+    spec: Spec,
+    root: Path,
+    uri: str,
+    exp_id: str,
+    parent_id: str,
+    tags: Mapping[str, str],
+    dataset: Mapping[str, Any],
+    role: str = store.TRIAL,
+    trials: int | None = None,
 ) -> Any:
+    """Where Ray Tune keeps the run (``tune/``; a re-run its own folder), its callbacks (MLflow, progress)."""
     from ray import tune
 
     params = {
@@ -373,12 +400,12 @@ def _run_config(
             spec.max_epochs,
             root / "tracking-pending.jsonl",
             spec.tracking.drain_s,
-            _context(spec, dataset),
+            {**_context(spec, dataset), "role": role},
         ),
-        ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], spec.budget.trials),
+        ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], trials or spec.budget.trials),
     ]
     return tune.RunConfig(
-        name="tune",
+        name="tune" if role == store.TRIAL else f"{role}-{time.strftime('%Y%m%d-%H%M%S')}",
         storage_path=str(root),
         callbacks=callbacks,
         verbose=0,
@@ -387,7 +414,7 @@ def _run_config(
     )
 
 
-def _common_tags(spec: Spec, base: Path) -> dict[str, str]:
+def common_tags(spec: Spec, base: Path) -> dict[str, str]:
     from mlflow.tracking.context.registry import resolve_tags
 
     tags = {

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-PARENT, TRIAL, STATE_TAG = "parent", "trial", "sweep.state"
+PARENT, TRIAL, RERUN, STATE_TAG = "parent", "trial", "rerun", "sweep.state"
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 STOP_REASON = "sweep.stop_reason"
 """Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
@@ -206,14 +206,13 @@ def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
     )
 
 
-def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
-    """Every nested trial run of a parent run."""
+def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str, role: str = TRIAL) -> list[Run]:
+    """Every nested run of a parent run with ``role``: the sweep's trials, or (``RERUN``) their re-runs."""
     runs: list[Run] = []
     token = None
+    where = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`sweep.role` = '{role}'"
     while True:
-        page = mlflow.search_runs(
-            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000, page_token=token
-        )
+        page = mlflow.search_runs([exp_id], filter_string=where, max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from sweep.journal import Journal, MlflowWriter
+from sweep.runner import flat_config
 from sweep.store import STATE_TAG, STOP_REASON, client
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class MlflowCallback(Callback):
                 self.params,
                 self.tags,
                 self.context.get("dataset"),
+                self.context.get("role", "trial"),
             )
             self._journal = Journal(writer, self.journal_path)
             if self.journal_path.exists():  # left by an earlier driver of this sweep: deliver it first
@@ -144,7 +146,7 @@ class MlflowCallback(Callback):
     def _submit(self, trials: list[Trial], trial: Trial, op: str, **fields: Any) -> None:
         number = trials.index(trial) + 1 if trial in trials else 0  # Ray keeps trials in creation order
         self.journal.submit(
-            {"op": op, "trial": trial.trial_id, "number": number, "config": dict(trial.config), **fields}
+            {"op": op, "trial": trial.trial_id, "number": number, "config": flat_config(trial.config), **fields}
         )
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -186,7 +188,7 @@ class MlflowCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._open.discard(trial.trial_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        planned = int(trial.config.get("epochs", self.max_epochs))
+        planned = int(flat_config(trial.config).get("epochs", self.max_epochs))
         # Fewer epochs than planned: stopped by the scheduler (or the trainer's own early stopping).
         state = "completed" if epochs >= planned else "stopped_early"
         if (trial.last_result or {}).get(f"info/{STOP_REASON}"):

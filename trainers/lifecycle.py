@@ -177,3 +177,26 @@ def save_atomic(path: Path, blob: object) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
+
+
+class Histograms:
+    """Weight and gradient histograms of every trainable parameter, each epoch, as TensorBoard event files in
+    the trial's ``tb/`` folder (``fixed.log_histograms: true``): the parameter-gradient distributions a report
+    monitors. Gradients are the last batch's of the epoch."""
+
+    def __init__(self, work_dir: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(work_dir / "tb"))
+
+    def write(self, model: torch.nn.Module, epoch: int) -> None:
+        if self.writer is None:
+            return
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
+                if param.grad is not None:
+                    self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), epoch)
+        self.writer.flush()

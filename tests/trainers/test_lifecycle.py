@@ -128,3 +128,15 @@ def test_best_weights_are_the_best_epoch_by_the_sweeps_metric_across_a_kill(
         so_far = values[: i + 1]
         at = so_far.index(min(so_far) if mode == "min" else max(so_far))
         assert digest(folder / best_file) == digest(saved[at] / best_file)
+
+
+def test_weight_and_gradient_histograms_each_epoch_when_asked(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = {"name": "digits", "image_size": 12}
+    hparams = {"epochs": 2, "lr": 0.05, "batch_size": 128, "log_histograms": True}
+    TRAINERS.get("classifier").load().fit(TrialParams(data, {"arch": "small_cnn"}, hparams, tmp_path), ListReporter())
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0}).Reload()
+    tags = events.Tags()["histograms"]
+    assert "weights/fc.weight" in tags and "gradients/features.0.0.weight" in tags
+    assert [e.step for e in events.Histograms("gradients/fc.weight")] == [1, 2]

@@ -136,6 +136,8 @@ class ClassifierHParams(_Strict):
     """Degrees of random rotation."""
     min_micro_batch: int = Field(4, ge=1)
     """After out-of-memory errors the batch is split into micro-batches down to this size, then it fails."""
+    log_histograms: bool = False
+    """Write weight and gradient histograms to TensorBoard each epoch (the trial's ``tb/`` folder)."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes for the uncached path."""
     weights: Literal["imagenet", "none"] | None = None

@@ -20,7 +20,7 @@ from trainers.classifier.data import Splits, load_splits
 from trainers.classifier.engine import Accumulation, Precision, evaluate, topk, train_one_epoch
 from trainers.classifier.models import build_model, imagenet_url
 from trainers.classifier.transfer import apply_unfreeze, param_groups, train_mode
-from trainers.lifecycle import DivergenceGuard, Lifecycle, save_atomic
+from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, save_atomic
 from trainers.weights import check_file, hub_file
 
 BEST_FILE, STATE_FILE = "best.pt", "state.pt"
@@ -135,6 +135,7 @@ class ClassifierTrainer:
         meta = {"arch": spec_model.arch, "classes": classes, "image_size": cfg.image_size}
         acc = Accumulation(steps=int(life.extra.get("accumulate", 1)), min_micro_batch=hp.min_micro_batch)
         guard = DivergenceGuard()
+        histograms = Histograms(params.work_dir, hp.log_histograms)
         best_path = params.work_dir / BEST_FILE
 
         def save_state(ckpt: Path) -> None:
@@ -156,6 +157,7 @@ class ClassifierTrainer:
                     flush=True,
                 )
             life.extra["accumulate"] = acc.steps
+            histograms.write(model, epoch)
             schedule.step()
             val_loss, logits, target = evaluate(model, data.val, precision)
             metrics = {

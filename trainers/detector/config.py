@@ -156,6 +156,8 @@ class DetectorHParams(_Strict):
     score_thresh: float = Field(0.001, ge=0, lt=1)
     """Detections scoring below this are dropped before evaluation (low, as mAP needs the whole ranking)."""
     detections_per_img: int = Field(100, ge=1)
+    log_histograms: bool = False
+    """Write weight and gradient histograms to TensorBoard each epoch (the trial's ``tb/`` folder)."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes that decode images."""
     weights: Literal["coco", "imagenet", "none"] | None = None

@@ -21,7 +21,7 @@ from trainers.detector.data import DetectionSet, Record, Splits, collate, load_s
 from trainers.detector.engine import evaluate, train_one_epoch
 from trainers.detector.metrics import DetectionEvaluator
 from trainers.detector.models import build_detector, weights_url
-from trainers.lifecycle import DivergenceGuard, Lifecycle, save_atomic
+from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, save_atomic
 from trainers.weights import check_file, hub_file
 
 DEFAULT_METRIC = ("val_map50", "max")
@@ -125,6 +125,7 @@ class DetectorTrainer:
                 warmup.load_state_dict(blob["warmup"])
         precision = Precision(device, hp.amp)
         guard = DivergenceGuard()
+        histograms = Histograms(params.work_dir, hp.log_histograms)
         info: dict[str, Scalar] = {
             **parts.info,
             "weights.source": weights_id,
@@ -145,6 +146,7 @@ class DetectorTrainer:
         for epoch in life.epochs(hp.epochs):
             active_warmup = warmup if warmup is not None and warmup.last_epoch < warmup_iters else None
             losses = train_one_epoch(model, train_loader, optimizer, active_warmup, precision, hp.grad_clip, guard)
+            histograms.write(model, epoch)
             schedule.step()
             evaluator = DetectionEvaluator(parts.classes, masks, per_class=True)
             speed = evaluate(model, val_loader, evaluator, precision)

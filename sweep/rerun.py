@@ -1,0 +1,89 @@
+"""``sweep rerun NAME --top K --seeds S``: the K best configurations trained again with S new seeds, as a child
+sweep under the same parent run, so no reported number rests on one seed.
+
+Each re-run is a run of its own under the sweep's parent (``sweep.role=rerun``, params ``rerun_of`` and
+``rerun_seed``), trained for all its epochs (no early stopping: the seeds must be comparable); the export
+and the report then give each configuration's mean and 95% confidence interval (Student's t over the S
+seeds; the searched run's own value is not among them, it was picked as the best).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep import store
+from sweep.errors import SweepError
+from sweep.evaluate import sweep_spec
+from sweep.export import load_table, locate_uri, seeds_summary
+from sweep.runner import LOG_FILE, check_resources, common_tags, dataset_info, make_trainable, run_config, start_ray
+
+
+def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = None) -> pd.DataFrame:
+    """Re-run the ``top`` best configurations of sweep ``name`` with ``seeds`` new seeds each; return the
+    configurations with their mean ± CI."""
+    if top < 1 or seeds < 2:
+        raise SweepError(f"rerun: needs --top >= 1 and --seeds >= 2 for an interval, got --top {top} --seeds {seeds}")
+    spec = sweep_spec(name, results)
+    root = (results / name).resolve()
+    record = json.loads((root / "sweep.json").read_text())
+    uri = locate_uri(name, results, None)
+    table = load_table(name, uri)
+    picked = table.frame.dropna(subset=[table.metric]).head(top)
+    if picked.empty:
+        raise SweepError(f"sweep '{name}' has no trial with a {table.metric} to re-run")
+    configs = [
+        {
+            **{p: _native(row[p]) for p in table.searched if _present(row[p])},
+            "rerun_seed": spec.seed + i,
+            "rerun_of": row["trial"],
+        }
+        for _, row in picked.iterrows()
+        for i in range(1, seeds + 1)
+    ]
+    start_ray(address, root / LOG_FILE)
+    check_resources(spec)
+    from ray import tune
+
+    tags = common_tags(spec, Path("."))
+    sizes = {k: int(v) for k, v in client_tags(uri, table).items()}
+    tuner = tune.Tuner(
+        make_trainable(spec, root),
+        param_space={"rerun": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.budget.max_concurrent),
+        run_config=run_config(
+            spec,
+            root,
+            uri,
+            record["experiment_id"],
+            table.parent_id,
+            tags,
+            dataset_info(spec, sizes),
+            store.RERUN,
+            len(configs),
+        ),
+    )
+    tuner.fit()
+    summary = seeds_summary(store.client(uri), record["experiment_id"], table.parent_id, table.metric)
+    return picked[["rank", "trial", "run", *table.searched, table.metric]].join(summary, on="trial")
+
+
+def client_tags(uri: str, table: Any) -> dict[str, str]:
+    """The data sizes the sweep's trials recorded (for the re-runs' dataset input)."""
+    client = store.client(uri)
+    exp = client.get_run(table.parent_id).info.experiment_id
+    runs = store.trial_runs(client, exp, table.parent_id)
+    return {k: v for k, v in (runs[0].data.tags if runs else {}).items() if k.startswith("data.n_")}
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _native(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

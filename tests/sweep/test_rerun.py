@@ -1,0 +1,44 @@
+"""`sweep rerun`: the K best configurations again with S new seeds as runs under the same parent; the export
+gives each configuration's mean and 95% confidence interval, equal to a hand computation."""
+
+import math
+
+import pytest
+
+from sweep import store
+from sweep.cli import main
+from sweep.export import interval, load_table
+
+pytestmark = pytest.mark.e2e
+
+
+def test_interval_is_students_t() -> None:
+    mean, half, n = interval([0.90, 0.92, 0.97])
+    sd = math.sqrt(((0.90 - 0.93) ** 2 + (0.92 - 0.93) ** 2 + (0.97 - 0.93) ** 2) / 2)
+    assert (mean, n) == (pytest.approx(0.93), 3) and half == pytest.approx(4.302653 * sd / math.sqrt(3), rel=1e-6)
+    assert interval([0.5])[1] != interval([0.5])[1]  # one value: no interval (NaN)
+
+
+def test_rerun_gives_k_times_s_runs_and_their_intervals(demo_sweep, capsys) -> None:
+    spec, _, uri, base = demo_sweep
+    before = load_table(spec.name, uri).frame
+    top = list(before["trial"][:2])
+    assert main(["rerun", spec.name, "--top", "2", "--seeds", "2", "--results", str(base / "results")]) == 0
+    assert "± " in capsys.readouterr().out
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name(spec.name).experiment_id
+    parent = store.parent_runs(mlflow, exp, spec.name)[0]
+    reruns = store.trial_runs(mlflow, exp, parent.info.run_id, role=store.RERUN)
+    assert len(reruns) == 4 and len(store.trial_runs(mlflow, exp, parent.info.run_id)) == spec.budget.trials
+    assert sorted((r.data.params["rerun_of"], r.data.params["rerun_seed"]) for r in reruns) == sorted(
+        (t, s) for t in top for s in ("1", "2")
+    )
+    assert all(r.data.tags["sweep.state"] == "completed" and r.data.tags["sweep.epochs_run"] == "3" for r in reruns)
+    table = load_table(spec.name, uri).frame.set_index("trial")
+    for trial in top:
+        values = [r.data.metrics["best_val_top1"] for r in reruns if r.data.params["rerun_of"] == trial]
+        mean = sum(values) / 2
+        half = 12.706205 * abs(values[0] - values[1]) / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) · sd / √n
+        assert table.loc[trial, "val_top1_mean"] == pytest.approx(mean)
+        assert table.loc[trial, "val_top1_ci95"] == pytest.approx(half, rel=1e-5) and table.loc[trial, "seeds"] == 2
+    assert table["seeds"].isna().sum() == spec.budget.trials - 2
