@@ -51,20 +51,33 @@ def best_trial(name: str, results: Path, uri: str, experiment: str | None = None
     return BestTrial(spec, trial_id, runs[0].info.run_id, table.parent_id, mlflow)
 
 
+def trial_hparams(best: BestTrial) -> dict[str, Any]:
+    """The best trial's trainer parameters (fixed and sampled), as its run's params hold them."""
+    import yaml
+
+    params = best.client.get_run(best.run_id).data.params
+    fields = best.spec.entry.hparams.model_fields
+    return {k: None if v == "None" else yaml.safe_load(v) for k, v in params.items() if k in fields}
+
+
+def _weights(best: BestTrial, tmp: str) -> Path:
+    artifact = f"checkpoints/{best.spec.entry.weights_file}"
+    return Path(best.client.download_artifacts(best.run_id, artifact, tmp))
+
+
 def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = None) -> dict[str, float]:
     """Score the best trial on the test part; log ``test_*`` metrics and the report files to its run."""
     spec = sweep_spec(name, results)
     if spec.entry.evaluate is None:
-        raise SweepError(
-            f"sweep '{name}' trains with the {spec.trainer} trainer, which has no test evaluation "
-            "(the classifier and detector trainers have)"
-        )
+        raise SweepError(f"sweep '{name}' trains with the {spec.trainer} trainer, which has no test evaluation")
     best = best_trial(name, results, uri, experiment)
     evaluator = best.spec.entry.evaluator()
     out = results / name / "test"
+    model, hparams = best.spec.model.model_dump(), trial_hparams(best)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
-        metrics = evaluator(weights, best.spec.dataset.model_dump(), out, results / name / "cache")
+        metrics = evaluator(
+            _weights(best, tmp), best.spec.dataset.model_dump(), out, results / name / "cache", model, hparams
+        )
     from mlflow.entities import Metric
 
     best.client.log_batch(best.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
@@ -87,13 +100,21 @@ def detect_best(
     """Draw the best trial's predictions (and, with ``proposals``, its first stage's top-k proposals beside
     them) on every image under ``images``; write PNGs to ``out`` and log them to the trial's run."""
     best = best_trial(name, results, uri, experiment)
-    if best.spec.trainer != "detector":
+    if best.spec.entry.detect is None:
         raise SweepError(f"sweep '{name}' trains a {best.spec.trainer}, not a detector")
-    from trainers.detector.report import detect_images, find_images
+    from trainers.detector.report import find_images
 
     files = find_images(images)
+    detect = _resolve(best.spec.entry.detect)
+    model, hparams, dataset = best.spec.model.model_dump(), trial_hparams(best), best.spec.dataset.model_dump()
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
-        written = detect_images(weights, files, out, score, proposals, top_k)
+        written = detect(_weights(best, tmp), files, out, score, proposals, top_k, model, hparams, dataset)
     best.client.log_artifacts(best.run_id, str(out), artifact_path="detect")
-    return written
+    return list(written)
+
+
+def _resolve(path: str) -> Any:
+    import importlib
+
+    module, _, func = path.partition(":")
+    return getattr(importlib.import_module(module), func)

@@ -199,15 +199,14 @@ def _trainer_figures(name: str, spec: Any, results: Path, uri: str, prefix: Path
         folder.mkdir()
         for image in images:
             (folder / image.name).symlink_to(image.resolve())
-        drawn = detect_best(name, results, uri, folder, Path(tmp) / "out", True, PICTURE_SCORE, top_k=30)
-        pairs = [p for p in drawn if p.stem.endswith("_proposals")]
-        path = figures.page(
-            pairs,
-            [p.stem.removesuffix("_proposals") for p in pairs],
-            "first-stage proposals (left, cyan) and final predictions (right)",
-            Path(f"{prefix}_proposals.png"),
-        )
-    shown.append((path, f"top-30 RPN proposals beside the final predictions scoring ≥ {PICTURE_SCORE} on test images"))
+        proposals = spec.trainer == "detector"  # the mmdet backend draws its final predictions only
+        drawn = detect_best(name, results, uri, folder, Path(tmp) / "out", proposals, PICTURE_SCORE, top_k=30)
+        pages = [p for p in drawn if p.stem.endswith("_proposals")] if proposals else drawn
+        title = "first-stage proposals (left, cyan) and final predictions (right)" if proposals else "predictions"
+        names = [p.stem.removesuffix("_proposals") for p in pages]
+        path = figures.page(pages, names, title, Path(f"{prefix}_{'proposals' if proposals else 'predictions'}.png"))
+    said = "top-30 RPN proposals beside the final predictions" if proposals else "the best model's predictions"
+    shown.append((path, f"{said} scoring ≥ {PICTURE_SCORE} on test images"))
     return shown
 
 

@@ -37,6 +37,10 @@ class TrainerEntry:
     """The metrics each epoch's report holds, that a spec's ``metric`` may name."""
     servable: str | None = None
     """``module:function(best_weights) -> (module, metadata, input_example)``: the model as others call it."""
+    detect: str | None = None
+    """``module:function`` that draws a best-weights file's predictions on images (``sweep detect``)."""
+    weights_file: str = "best.pt"
+    """The best weights' file name (in the trial's folder and its run's ``checkpoints/``)."""
 
     def load(self) -> Trainer:
         trainer: Trainer = _resolve(self.impl)()
@@ -83,6 +87,7 @@ TRAINERS.add(
         "trainers.detector.trainer:preflight",
         DETECTOR_METRICS,
         "trainers.serving:detector",
+        "trainers.detector.report:detect_images",
     ),
 )
 TRAINERS.add(
@@ -92,9 +97,11 @@ TRAINERS.add(
         MmdetModel,
         MmdetHParams,
         "trainers.mmdet.trainer:MmdetTrainer",
-        None,
+        "trainers.mmdet.report:evaluate_checkpoint",
         "trainers.mmdet.trainer:preflight",
         DETECTOR_METRICS[:5] + ("train_loss",),
+        detect="trainers.mmdet.report:detect_images",
+        weights_file="best.pth",
     ),
 )
 

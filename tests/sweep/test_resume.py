@@ -80,8 +80,10 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     for run in live:
         steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
         assert steps == list(range(1, len(steps) + 1)), steps  # nothing logged twice
-    trial_dirs = [p for p in (tmp_path / "results" / "digits-demo" / "tune").iterdir() if p.is_dir()]
-    assert len(trial_dirs) == 6
+    # Every trial has its folder; a trial the killed driver created after Ray last saved its state may have left
+    # one too (its run is marked orphaned above).
+    trial_dirs = {p.name for p in (tmp_path / "results" / "digits-demo" / "tune").iterdir() if p.is_dir()}
+    assert {r.data.tags["sweep.trial_id"] for r in live} <= trial_dirs
     # The Optuna study holds exactly the sweep's trials, each told its best epoch; a trial the killed driver
     # had asked for but Ray never saved is marked failed and orphaned, never left running.
     import optuna

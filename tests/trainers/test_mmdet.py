@@ -79,9 +79,40 @@ def test_mmdet_config_trains_reports_map_every_epoch_and_stops_when_told(voc, tm
     job = json.loads((tmp_path / "w" / "mmdet" / "job.json").read_text())
     assert job["hparams"]["optimizer"] == "adamw" and job["classes"] == ["circle", "square", "triangle"]
 
+    # The kept checkpoint on the test part and on any image: inference in the mmdet environment, scored and
+    # drawn on our side (`sweep evaluate` / `sweep detect` of an mmdet sweep).
+    from trainers.mmdet.report import detect_images, evaluate_checkpoint
+
+    model, hparams = {"config": CONFIG, "weights": "none"}, {**HP, "epochs": 4}
+    scores = evaluate_checkpoint(tmp_path / "w" / "best.pth", voc, tmp_path / "test", None, model, hparams)
+    assert scores["test_n"] == 4 and 0 <= scores["test_map50"] <= 1 and "test_map" in scores
+    assert (tmp_path / "test" / "per_class_ap.csv").read_text().startswith("class,ap50")
+    image = next((Path(voc["root"]) / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    drawn = detect_images(tmp_path / "w" / "best.pth", [image], tmp_path / "pics", 0.0, False, 50, model, hparams, voc)
+    assert drawn == [tmp_path / "pics" / f"{image.stem}.png"] and drawn[0].stat().st_size > 1000
+    with pytest.raises(InputError, match="--proposals: the mmdet backend draws its final predictions only"):
+        detect_images(tmp_path / "w" / "best.pth", [image], tmp_path / "pics", 0.5, True, 50, model, hparams, voc)
+
 
 def test_missing_environment_or_config_is_refused_before_the_sweep(voc, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="model.python: no mmdet environment at"):
         preflight(voc, {"config": CONFIG, "python": str(tmp_path / "nope" / "python")})
     with pytest.raises(InputError, match="model.config: file not found"):
         preflight(voc, {"config": str(tmp_path / "missing.py")})
+
+
+@pytest.mark.parametrize("spec_file", ["sparse_rcnn.yaml", "yolov3.yaml"])
+def test_the_shipped_sparse_rcnn_and_yolov3_configs_train_an_epoch(spec_file: str, voc, tmp_path: Path) -> None:
+    """The configs the shipped search spaces name (Sparse R-CNN R-50, YOLOv3 Darknet-53), from scratch at a tiny
+    input: an epoch trains, is scored and checkpointed through the backend."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "search_spaces" / spec_file).read_text())["model"]["config"]
+    hp = {"epochs": 1, "batch_size": 2, "lr": 1e-4, "optimizer": "adamw", "input_size": 64, "warmup_iters": 2}
+    reporter = ListReporter()
+    params = TrialParams(voc, {"config": config, "weights": "none"}, hp, tmp_path / "w", threads=2)
+    result = MmdetTrainer().fit(params, reporter)
+    assert [m["epoch"] for m in reporter.metrics] == [1.0] and result.epochs_run == 1
+    assert 0 <= reporter.metrics[0]["val_map50"] <= 1 and reporter.metrics[0]["train_loss"] > 0
+    assert (tmp_path / "w" / "best.pth").stat().st_size > 10_000

@@ -3,6 +3,8 @@ is executed there by path, never imported by the sweep's own environment).
 
     python worker.py JOB.json
 
+A job with ``"mode": "test"`` and a ``checkpoint`` only predicts the images of ``val_ann`` (predictions.json).
+
 The job names the config, the data (COCO-format JSON written by the sweep) and the trial's parameters.
 After every validation it prints one protocol line on stdout::
 
@@ -172,7 +174,12 @@ def main(job_file: str) -> None:
     register()
     from mmengine.runner import Runner
 
-    Runner.from_cfg(build_config(job)).train()
+    cfg = build_config(job)
+    if job.get("mode") == "test":  # predictions of a checkpoint on the images of val_ann: predictions.json
+        cfg.load_from, cfg.resume = job["checkpoint"], False
+        Runner.from_cfg(cfg).test()
+        return
+    Runner.from_cfg(cfg).train()
 
 
 if __name__ == "__main__":
