@@ -93,7 +93,8 @@ def _histories(client: Any, run_id: str, keys: list[str]) -> dict[str, list[tupl
 
 def _run_ids(client: Any, table: SweepTable) -> dict[str, str]:
     exp = client.get_run(table.parent_id).info.experiment_id
-    return {r.data.tags.get("sweep.trial_id"): r.info.run_id for r in store.trial_runs(client, exp, table.parent_id)}
+    runs = store.trial_runs(client, exp, table.parent_id)
+    return {r.data.tags.get("sweep.trial_id", ""): r.info.run_id for r in runs}
 
 
 def _curves(client: Any, table: SweepTable, prefix: Path) -> list[tuple[Path, str]]:

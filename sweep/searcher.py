@@ -40,7 +40,7 @@ class BestEpochSearch(OptunaSearch):
     def _objectives(self) -> list[tuple[str, str]]:
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         modes = self._mode if isinstance(self._mode, list) else [self._mode] * len(metrics)
-        return list(zip(metrics, modes, strict=True))
+        return [(str(m), str(d)) for m, d in zip(metrics, modes, strict=True)]
 
     def _bests(self) -> dict[str, dict[str, float]]:
         """Trial id → the objectives at its best epoch so far; pickled with the searcher (kept by --resume)."""

@@ -99,7 +99,7 @@ def fluent(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if before_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = before_env

@@ -17,12 +17,13 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from trainers.base import Diverged, InputError, Reporter, Scalar, TrialParams, TrialResult
 
-STATE_FILE = "lifecycle.json"
+STATE_FILE, TORCH_STATE = "lifecycle.json", "state.pt"
 EXPLOSION_FACTOR = 1e3
 """A training loss this many times the first batch's (at least 1) is divergence, not a bad epoch."""
 
@@ -161,6 +162,24 @@ class Lifecycle:
     def result(self, info: Mapping[str, Scalar]) -> TrialResult:
         best = next((m for m in self.history if int(m["epoch"]) == self.best.epoch), self.history[-1])
         return TrialResult(dict(best), self.epoch, self.work_dir / self.best_files[0], dict(info))
+
+
+def save_parts(parts: Mapping[str, Any]) -> Callable[[Path], None]:
+    """A ``save_state`` for :meth:`Lifecycle.end_epoch`: the state dicts of ``parts`` (model, optimizer,
+    schedulers; None for an absent one) in the checkpoint folder's ``state.pt``."""
+
+    def save(folder: Path) -> None:
+        torch.save({k: v.state_dict() if v is not None else None for k, v in parts.items()}, folder / TORCH_STATE)
+
+    return save
+
+
+def load_parts(folder: Path, parts: Mapping[str, Any]) -> None:
+    """Restore ``parts`` from a folder :func:`save_parts` wrote (``weights_only=True``)."""
+    blob = torch.load(folder / TORCH_STATE, map_location="cpu", weights_only=True)
+    for key, part in parts.items():
+        if part is not None and blob.get(key) is not None:
+            part.load_state_dict(blob[key])
 
 
 def link_or_copy(src: Path, dest: Path) -> None:

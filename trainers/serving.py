@@ -19,6 +19,9 @@ class ImageClassifier(nn.Module):
     """RGB images ``[N, 3, S, S]`` with values 0–255 (uint8 or float) → class logits ``[N, C]``; the
     normalisation the classifier trained with is inside."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model

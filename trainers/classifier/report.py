@@ -28,13 +28,13 @@ def evaluate_checkpoint(
     dataset: dict,
     out_dir: Path,
     cache_dir: Path | None = None,
-    model: dict | None = None,
+    model_spec: dict | None = None,
     hparams: dict | None = None,
     batch_size: int = 128,
 ) -> dict[str, float]:
     """Top-1, top-5, mean per-class accuracy and loss on the test part; per-class precision / recall /
     F1 (``per_class.csv``) and the confusion matrix (``confusion.csv``, ``confusion.png``) in ``out_dir``.
-    (``model`` and ``hparams``: the checkpoint holds what this trainer needs.)"""
+    (``model_spec`` and ``hparams``: the checkpoint holds what this trainer needs.)"""
     cfg = ClassifierData.model_validate(dataset)
     model, blob = load_classifier(weights)
     splits = load_splits(cfg)

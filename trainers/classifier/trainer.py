@@ -20,10 +20,10 @@ from trainers.classifier.data import Splits, load_splits
 from trainers.classifier.engine import Accumulation, Precision, evaluate, topk, train_one_epoch
 from trainers.classifier.models import build_model, imagenet_url
 from trainers.classifier.transfer import apply_unfreeze, param_groups, train_mode
-from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, save_atomic
+from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, load_parts, save_atomic, save_parts
 from trainers.weights import check_file, hub_file
 
-BEST_FILE, STATE_FILE = "best.pt", "state.pt"
+BEST_FILE = "best.pt"
 DEFAULT_METRIC = ("val_top1", "max")
 
 
@@ -122,12 +122,10 @@ class ClassifierTrainer:
         groups = param_groups(model, spec_model.arch, hp.lr, hp.backbone_lr_mult, hp.unfreeze)
         optimizer = make_optimizer(hp, groups)
         schedule = make_schedule(hp, optimizer)
+        state = {"model": model, "optimizer": optimizer, "schedule": schedule}
         resumed = life.resume(params.resume_from)
         if resumed is not None:
-            blob = torch.load(resumed / STATE_FILE, map_location="cpu", weights_only=True)
-            model.load_state_dict(blob["model"])
-            optimizer.load_state_dict(blob["optimizer"])
-            schedule.load_state_dict(blob["schedule"])
+            load_parts(resumed, state)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         precision = Precision(device, hp.amp)
         augment = loader.augmenter(hp, cfg.image_size)
@@ -137,10 +135,6 @@ class ClassifierTrainer:
         guard = DivergenceGuard()
         histograms = Histograms(params.work_dir, hp.log_histograms)
         best_path = params.work_dir / BEST_FILE
-
-        def save_state(ckpt: Path) -> None:
-            blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
-            torch.save(blob, ckpt / STATE_FILE)
 
         for epoch in life.epochs(hp.epochs):
             apply_unfreeze(model, spec_model.arch, "head" if epoch <= hp.head_only_epochs else hp.unfreeze)
@@ -168,7 +162,7 @@ class ClassifierTrainer:
                 "val_top5": topk(logits, target, 5),
                 "lr": optimizer.param_groups[0]["lr"],
             }
-            life.end_epoch(metrics, partial(_save_weights, best_path, model, meta, metrics), save_state, info)
+            life.end_epoch(metrics, partial(_save_weights, best_path, model, meta, metrics), save_parts(state), info)
             if life.stale(hp.early_stop_patience):
                 break
         return life.result(info)

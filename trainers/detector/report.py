@@ -27,12 +27,12 @@ def evaluate_checkpoint(
     dataset: dict,
     out_dir: Path,
     cache_dir: Path | None = None,
-    model: dict | None = None,
+    model_spec: dict | None = None,
     hparams: dict | None = None,
     batch_size: int = 4,
 ) -> dict[str, float]:
     """VOC AP@0.5 (both methods), COCO mAP (boxes, and masks for Mask R-CNN) and inference speed on the
-    test part; per-class AP in ``out_dir/per_class_ap.csv``. (``model`` and ``hparams``: the checkpoint holds
+    test part; per-class AP in ``out_dir/per_class_ap.csv``. (``model_spec`` and ``hparams``: the checkpoint holds
     what this backend needs.)"""
     cfg = DetectorData.model_validate(dataset)
     if cfg.test is None:
@@ -103,13 +103,13 @@ def detect_images(
     score_thresh: float = 0.5,
     with_proposals: bool = False,
     top_k: int = 50,
-    model: dict | None = None,
+    model_spec: dict | None = None,
     hparams: dict | None = None,
     dataset: dict | None = None,
 ) -> list[Path]:
     """Draw the detector's predictions on each image (``NAME.png``, the image's own size); with
     ``with_proposals``, the first stage's top-k proposals beside the predictions (``NAME_proposals.png``).
-    (``model``, ``hparams``, ``dataset``: the checkpoint holds what this backend needs.)"""
+    (``model_spec``, ``hparams``, ``dataset``: the checkpoint holds what this backend needs.)"""
     from torchvision.io import write_png
     from torchvision.utils import draw_bounding_boxes
 

@@ -21,11 +21,11 @@ from trainers.detector.data import DetectionSet, Record, Splits, collate, load_s
 from trainers.detector.engine import evaluate, train_one_epoch
 from trainers.detector.metrics import DetectionEvaluator
 from trainers.detector.models import build_detector, weights_url
-from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, save_atomic
+from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, load_parts, save_atomic, save_parts
 from trainers.weights import check_file, hub_file
 
 DEFAULT_METRIC = ("val_map50", "max")
-BEST_FILE, STATE_FILE, PER_CLASS_FILE = "best.pt", "state.pt", "best_per_class_ap.csv"
+BEST_FILE, PER_CLASS_FILE = "best.pt", "best_per_class_ap.csv"
 
 
 def make_optimizer(hp: DetectorHParams, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -115,14 +115,10 @@ class DetectorTrainer:
             if warmup_iters
             else None
         )
+        state = {"model": model, "optimizer": optimizer, "schedule": schedule, "warmup": warmup}
         resumed = life.resume(params.resume_from)
         if resumed is not None:
-            blob = torch.load(resumed / STATE_FILE, map_location="cpu", weights_only=True)
-            model.load_state_dict(blob["model"])
-            optimizer.load_state_dict(blob["optimizer"])
-            schedule.load_state_dict(blob["schedule"])
-            if warmup is not None and blob["warmup"] is not None:
-                warmup.load_state_dict(blob["warmup"])
+            load_parts(resumed, state)
         precision = Precision(device, hp.amp)
         guard = DivergenceGuard()
         histograms = Histograms(params.work_dir, hp.log_histograms)
@@ -133,15 +129,6 @@ class DetectorTrainer:
             "model.trainable_params": sum(p.numel() for p in trainable),
         }
         meta = {"arch": spec_model.arch, "classes": parts.classes, "hparams": hp.model_dump()}
-
-        def save_state(ckpt: Path) -> None:
-            blob = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "warmup": warmup.state_dict() if warmup is not None else None,
-            }
-            torch.save(blob, ckpt / STATE_FILE)
 
         for epoch in life.epochs(hp.epochs):
             active_warmup = warmup if warmup is not None and warmup.last_epoch < warmup_iters else None
@@ -165,7 +152,7 @@ class DetectorTrainer:
                 _save_weights(params.work_dir / BEST_FILE, model, meta, m)
                 write_rows(params.work_dir / PER_CLASS_FILE, rows)
 
-            life.end_epoch(metrics, save_best, save_state, info)
+            life.end_epoch(metrics, save_best, save_parts(state), info)
             if life.stale(hp.early_stop_patience):
                 break
         return life.result(info)

@@ -69,7 +69,7 @@ def evaluate_checkpoint(
     dataset: Mapping[str, Any],
     out_dir: Path,
     cache_dir: Path | None = None,
-    model: Mapping[str, Any] | None = None,
+    model_spec: Mapping[str, Any] | None = None,
     hparams: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """VOC AP@0.5 (both methods) and COCO mAP of the checkpoint on the test part; ``per_class_ap.csv``."""
@@ -82,7 +82,7 @@ def evaluate_checkpoint(
     with tempfile.TemporaryDirectory() as tmp:
         preds = predict(
             weights,
-            typed(MmdetModel, model),
+            typed(MmdetModel, model_spec),
             typed(MmdetHParams, hparams or {}),
             splits.test,
             splits.classes,
@@ -103,7 +103,7 @@ def detect_images(
     score_thresh: float = 0.5,
     with_proposals: bool = False,
     top_k: int = 50,
-    model: Mapping[str, Any] | None = None,
+    model_spec: Mapping[str, Any] | None = None,
     hparams: Mapping[str, Any] | None = None,
     dataset: Mapping[str, Any] | None = None,
 ) -> list[Path]:
@@ -124,7 +124,7 @@ def detect_images(
         records.append(Record(path, empty, (), np.zeros(0, dtype=bool), size=(height, width)))
     with tempfile.TemporaryDirectory() as tmp:
         preds = predict(
-            weights, typed(MmdetModel, model), typed(MmdetHParams, hparams or {}), records, classes, Path(tmp)
+            weights, typed(MmdetModel, model_spec), typed(MmdetHParams, hparams or {}), records, classes, Path(tmp)
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

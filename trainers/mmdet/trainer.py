@@ -37,7 +37,8 @@ def write_coco(records: list[Record], classes: list[str], path: Path, keep_diffi
     """Records as a COCO-format file (ids in record order; ``difficult`` objects as crowd regions,
     which mmdet leaves out of training, unless kept)."""
     index = {name: i + 1 for i, name in enumerate(classes)}
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i, r in enumerate(records):
         h, w = r.size
         images.append({"id": i, "file_name": str(r.image.resolve()), "height": h, "width": w})
