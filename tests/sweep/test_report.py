@@ -52,3 +52,13 @@ def test_a_classifier_report_has_every_figure_and_reads_in_a_browser(demo_sweep,
     parent = store.parent_runs(mlflow, mlflow.get_experiment_by_name(spec.name).experiment_id, spec.name)[0]
     logged = {a.path for a in mlflow.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{spec.name}_{kind}.png" for kind in CLASSIFIER_FIGURES} <= logged
+
+
+def test_pretrained_vs_scratch_figure(tmp_path: Path) -> None:
+    """Drawn when the sweep searched ``weights``: the best trial of each choice, its curve per epoch."""
+    from sweep import figures
+
+    groups = {"imagenet": [(1, 0.71), (2, 0.83), (3, 0.86)], "none": [(1, 0.22), (2, 0.41), (3, 0.52)]}
+    path = figures.grouped_curves(groups, "val_top1", "weights", tmp_path / "s_weights.png")
+    assert_pictures(tmp_path, "s", ("weights",))
+    assert path.name == "s_weights.png"
