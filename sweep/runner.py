@@ -342,6 +342,7 @@ def _tune_config(spec: Spec, storage: Any) -> Any:
         mode=None if multi else spec.metric.modes[0],
         time_budget_s=spec.budget.time_budget_s,
         trial_dirname_creator=trial_dirname,
+        reuse_actors=spec.resources.reuse_workers,
     )
 
 

@@ -89,6 +89,9 @@ class ResourcesSpec(_Block):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
     """Fractions below 1 share a GPU between trials."""
+    reuse_workers: bool = True
+    """Run the next trial in the worker process a finished one leaves (Ray Tune's ``reuse_actors``): Python,
+    torch and the trainer are imported once, not per trial."""
 
 
 class TrackingSpec(_Block):
