@@ -8,11 +8,11 @@ the same run with reading every trial's metric history (what the table needed be
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from publish import machine, publish
 
 from sweep import store
 from sweep.export import load_table
@@ -73,30 +73,23 @@ def main() -> None:
         start = time.perf_counter()
         per_run_histories(uri)
         old = time.perf_counter() - start
-    lines = [
-        "",
-        "## `sweep export` on a large store (`benchmarks/bench_export.py`)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/bench_export.py --trials {args.trials} --epochs {args.epochs}`",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, SQLite store on local disk; "
-        f"{time.strftime('%Y-%m-%d')}.",
-        "",
-        "| trials × epochs | metric rows | write the store (s) | `load_table`, bulk (s) | per-trial histories (s) "
-        "| ratio |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {args.trials} × {args.epochs} | {args.trials * args.epochs * len(METRICS):,} | {built:.0f} | "
-        f"{bulk:.2f} | {old:.2f} | {old / bulk:.1f}× |",
-        "",
-        "- *bulk*: one paged run search; each trial's row from its `best_<metric>` metric and `sweep.epochs_run`",
-        "  tag, as the sweep's journal logs them. *per-trial histories*: one `get_metric_history` per trial, as the",
-        "  table was read before (and still is, for a trial that has not logged a best yet).",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(text + "\n")
+    publish(
+        "`sweep export` on a large store (`benchmarks/bench_export.py`)",
+        f".venv/bin/python benchmarks/bench_export.py --trials {args.trials} --epochs {args.epochs}",
+        machine("SQLite store on local disk"),
+        [
+            "| trials × epochs | metric rows | write the store (s) | `load_table`, bulk (s) | per-trial histories (s) "
+            "| ratio |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {args.trials} × {args.epochs} | {args.trials * args.epochs * len(METRICS):,} | {built:.0f} | "
+            f"{bulk:.2f} | {old:.2f} | {old / bulk:.1f}× |",
+            "",
+            "- *bulk*: one paged run search; each trial's row from its `best_<metric>` metric and `sweep.epochs_run`",
+            "  tag, as the sweep's journal logs them. *per-trial histories*: one `get_metric_history` per trial, as",
+            "  the table was read before (and still is, for a trial that has not logged a best yet).",
+        ],
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from publish import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.02, 0.005, 0.05, 0.2]
@@ -73,25 +73,19 @@ def main() -> None:
         runs["sweep run, fresh worker per trial"].append(sweep_run(args.trials, args.epochs, reuse=False))
         runs["sweep run, warm workers"].append(sweep_run(args.trials, args.epochs, reuse=True))
     base = min(runs["plain loop"])
-    lines = [
-        "",
-        "## Trial overhead (`benchmarks/bench_overhead.py`)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/bench_overhead.py --trials {args.trials} --epochs {args.epochs}`",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; {time.strftime('%Y-%m-%d')}. "
-        f"{args.trials} trials of small_cnn on digits (12 px), {args.epochs} epochs each, one at a time "
+    publish(
+        "Trial overhead (`benchmarks/bench_overhead.py`)",
+        f".venv/bin/python benchmarks/bench_overhead.py --trials {args.trials} --epochs {args.epochs}",
+        machine("CPU only")
+        + f" {args.trials} trials of small_cnn on digits (12 px), {args.epochs} epochs each, one at a time "
         "(grid over lr, FIFO); start-up included; best of two interleaved runs.",
-        "",
-        "| variant | wall (s) | vs plain loop |",
-        "|---|---:|---:|",
-        *[f"| {name} | {min(v):.1f} | {min(v) / base:.2f}× |" for name, v in runs.items()],
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(text + "\n")
+        [
+            "| variant | wall (s) | vs plain loop |",
+            "|---|---:|---:|",
+            *[f"| {name} | {min(v):.1f} | {min(v) / base:.2f}× |" for name, v in runs.items()],
+        ],
+        args.out,
+    )
 
 
 if __name__ == "__main__":
