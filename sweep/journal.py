@@ -10,8 +10,8 @@ nothing is logged twice (a re-run epoch whose step MLflow already holds is skipp
 from __future__ import annotations
 
 import json
-import shutil
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sweep import records
 from sweep.errors import SweepError
 from sweep.store import STATE_TAG, TRIAL, redact, trial_runs, unreachable
+from trainers.base import link_or_copy
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -140,8 +141,7 @@ class MlflowWriter:
             self.client.log_batch(run_id, metrics=metrics)
             self.last_step[op["trial"]] = op["step"]  # only once written: a failed write is retried
         elif kind == "tags":
-            for key, value in op["tags"].items():
-                self.client.set_tag(run_id, key, value)
+            self._tag(run_id, op["tags"])
         elif kind == "artifact":
             self.client.log_artifact(run_id, op["path"], artifact_path=op["artifact_path"])
         elif kind == "end":
@@ -153,9 +153,15 @@ class MlflowWriter:
             tags["mlflow.note.content"] = records.trial_note(
                 state, epochs, tags, records.best_text(self.metric, value, at)
             )
-            for key, value in tags.items():
-                self.client.set_tag(run_id, key, value)
+            self._tag(run_id, tags)
             self.client.set_terminated(run_id, op["status"])
+
+    def _tag(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """All of ``tags`` in one write."""
+        from mlflow.entities import RunTag
+
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def _summary(self, op: Op) -> None:
         """The parent's summary metrics, tags and description, from what the trial runs hold."""
@@ -182,20 +188,41 @@ class MlflowWriter:
 
 
 class Journal:
-    """Ordered delivery of operations to a writer, surviving outages of the tracking store."""
+    """Ordered delivery of operations to a writer, surviving outages of the tracking store.
+
+    With :meth:`start`, a background thread does the writing: :meth:`submit` only queues, so Ray Tune's
+    event loop (which calls the sweep's callbacks) never waits for the store. One thread applies the
+    operations in the order they were submitted; :meth:`drain` waits for it at the end of the sweep.
+    Without it (``sweep sync``), :meth:`flush` delivers in the caller's thread."""
 
     def __init__(self, writer: MlflowWriter, path: Path, retry_every_s: float = 5.0) -> None:
         self.writer, self.path, self.retry_every_s = writer, path, retry_every_s
         self.pending: list[Op] = []
         self._next_try = 0.0
         self._warned = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._deadline: float | None = None
+        """Set by :meth:`drain`: the thread gives up on an unreachable store at this time."""
 
-    def submit(self, op: Op) -> bool:
-        """Queue ``op`` and deliver what can be delivered; True when nothing is left pending."""
-        self.pending.append(op)
-        return self.flush()
+    def start(self) -> Journal:
+        self._thread = threading.Thread(target=self._deliver, name="sweep-tracking", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, op: Op) -> None:
+        """Queue ``op``; delivered at once in the background, or by the next :meth:`flush`. An artifact's file
+        is linked into the spool folder first: Ray recycles checkpoint folders before a queued write runs."""
+        if op["op"] == "artifact" and not op.get("spooled"):
+            self._keep(op)
+        with self._wake:
+            self.pending.append(op)
+            self._wake.notify()
+        if self._thread is None:
+            self.flush()
 
     def flush(self, force: bool = False) -> bool:
+        """Deliver queued operations in order; True when nothing is left pending."""
         if self.pending and not force and time.monotonic() < self._next_try:
             self._spool()
             return False
@@ -205,7 +232,7 @@ class Journal:
             except Exception as e:
                 if not transient(e):
                     print(
-                        f"tracking: dropped a rejected write ({self.pending.pop(0)['op']}): {redact(str(e))}",
+                        f"tracking: dropped a rejected write ({self._pop()['op']}): {redact(str(e))}",
                         file=sys.stderr,
                     )
                     continue
@@ -220,7 +247,7 @@ class Journal:
                     )
                     self._warned = True
                 return False
-            self._done(self.pending.pop(0))
+            self._done(self._pop())
         if self._warned:
             print("tracking: store reachable again, every kept record delivered", file=sys.stderr, flush=True)
             self._warned = False
@@ -230,23 +257,57 @@ class Journal:
     def drain(self, wait_s: float) -> bool:
         """At the end of a sweep: keep trying for ``wait_s`` seconds, then leave the file for ``sweep sync``."""
         deadline = time.monotonic() + wait_s
+        if self._thread is not None:
+            with self._wake:
+                self._deadline = deadline
+                self._wake.notify()
+            # a write in flight when the deadline passes gets the store client's own timeout to finish
+            self._thread.join(timeout=wait_s + 30)
+            if self._thread.is_alive():
+                self._spool()
+            return not self.pending
         while not self.flush(force=True):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(min(self.retry_every_s, max(0.0, deadline - time.monotonic())))
         return True
 
+    def _deliver(self) -> None:
+        """The background writer: deliver, wait for more (or, after a failure, for the retry time)."""
+        while True:
+            with self._wake:
+                while not self.pending and self._deadline is None:
+                    self._wake.wait()
+                if not self.pending:
+                    return
+            force = self._deadline is not None
+            if self.flush(force=force):
+                continue
+            if force and time.monotonic() >= (self._deadline or 0):
+                return
+            with self._wake:
+                until = self._next_try if not force else min(self._next_try, self._deadline or 0)
+                self._wake.wait(timeout=max(0.05, until - time.monotonic()))
+
+    def _pop(self) -> Op:
+        with self._wake:
+            return self.pending.pop(0)
+
+    def _keep(self, op: Op) -> None:
+        dest = self.path.with_suffix(".files") / op["trial"] / str(op["step"]) / Path(op["path"]).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(Path(op["path"]), dest)
+        op.update(path=str(dest), spooled=True)
+
     def _spool(self) -> None:
-        """Write the queue to disk; copy artifacts out of Ray's checkpoint folders, which are recycled."""
-        spool = self.path.with_suffix(".files")
-        for op in self.pending:
+        """Write the queue to disk (its artifacts' files are in the spool folder already)."""
+        with self._wake:
+            ops = list(self.pending)
+        for op in ops:
             if op["op"] == "artifact" and not op.get("spooled"):
-                dest = spool / op["trial"] / str(op["step"]) / Path(op["path"]).name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(op["path"], dest)
-                op.update(path=str(dest), spooled=True)
+                self._keep(op)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(op) + "\n" for op in self.pending))
+        tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
         tmp.replace(self.path)
 
     @staticmethod

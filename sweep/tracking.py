@@ -2,7 +2,8 @@
 
 The driver is the only writer: trials report to Ray Tune, and :class:`MlflowCallback` turns each
 report into metrics (step = epoch), the first report's facts into tags, and each new best into the
-``checkpoints/best.pt`` artifact. A trial that is retried or resumed finds its run again by its
+``checkpoints/best.pt`` artifact, queued and written in order by a background thread (Tune's event
+loop never waits for the store). A trial that is retried or resumed finds its run again by its
 ``sweep.trial_id`` tag, so it never gets a duplicate. An interrupted sweep (Ctrl-C, SIGTERM) marks its
 parent and its unfinished trials KILLED, so nothing stays RUNNING; ``--resume`` reopens them.
 """
@@ -141,6 +142,7 @@ class MlflowCallback(Callback):
             self._journal = Journal(writer, self.journal_path)
             if self.journal_path.exists():  # left by an earlier driver of this sweep: deliver it first
                 self._journal.pending = [json.loads(x) for x in self.journal_path.read_text().splitlines() if x]
+            self._journal.start()  # writes leave Tune's event loop; one thread keeps their order
         return self._journal
 
     def _submit(self, trials: list[Trial], trial: Trial, op: str, **fields: Any) -> None:

@@ -7,6 +7,7 @@ and can be run from a plain Python session or a test.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,11 @@ class TrialParams:
     """The metric the sweep optimizes (``mode`` says which way): the trainer keeps its best weights by it
     when it reports it; empty means the trainer's own choice."""
     mode: str = "max"
+    checkpoint_every_s: float = 0
+    """Checkpoint the full state at least this often (0: every epoch); a new best is always checkpointed."""
+    gpu_fraction: float = 1.0
+    """The trial's share of its GPU (``resources.gpus_per_trial`` below 1). Ray places by it but does not limit
+    memory; the trial caps its CUDA memory to this share so that trials packed on one GPU cannot starve each other."""
 
 
 @dataclass
@@ -124,3 +130,12 @@ def typed(cls: type[M], value: object) -> M:
     """``value`` as the settings block ``cls``: passed through when the spec already parsed it (a sweep),
     validated when it is a plain mapping (a trainer called from Python)."""
     return value if isinstance(value, cls) else cls.model_validate(value)
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (instant, no copy), or a copy across file systems."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy(src, dest)
