@@ -83,12 +83,16 @@ class BudgetSpec(_Block):
     """Stop starting and running trials after this many seconds."""
     max_failures: int = Field(1, ge=0)
     """Times a failed trial is retried from its last checkpoint before it counts as errored."""
+    checkpoint_every_s: float = Field(60, ge=0)
+    """A trial checkpoints its full state at each new best and at least this often (0: every epoch): what a
+    retry or ``--resume`` can lose at most, besides the epoch in progress. Never after its last epoch."""
 
 
 class ResourcesSpec(_Block):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
-    """Fractions below 1 share a GPU between trials."""
+    """Fractions below 1 share a GPU between trials; each such trial caps its CUDA memory to its fraction (Ray
+    places trials by it but does not limit their memory)."""
     reuse_workers: bool = True
     """Run the next trial in the worker process a finished one leaves (Ray Tune's ``reuse_actors``): Python,
     torch and the trainer are imported once, not per trial."""

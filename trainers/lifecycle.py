@@ -2,18 +2,18 @@
 
 A trainer keeps only what is its own (model, data, optimizer, one epoch of training and scoring);
 :class:`Lifecycle` does the rest the same way for all of them: the device, the best epoch by the
-sweep's metric and mode, the best files written once per improvement, the full state saved every
-epoch and restored after a kill (best-so-far and history included), the per-epoch report, early
-stopping, and :class:`DivergenceGuard`, the check that ends a trial whose loss is NaN or exploded.
+sweep's metric and mode, the best files written once per improvement, the full state checkpointed
+(at each new best and every ``checkpoint_every_s``, never after the last epoch) and restored after a
+kill (best-so-far and history included), the per-epoch report, early stopping, and
+:class:`DivergenceGuard`, the check that ends a trial whose loss is NaN or exploded.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from trainers.base import Diverged, InputError, Reporter, Scalar, TrialParams, TrialResult
+from trainers.base import Diverged, InputError, Reporter, Scalar, TrialParams, TrialResult, link_or_copy
 
 STATE_FILE, TORCH_STATE = "lifecycle.json", "state.pt"
 EXPLOSION_FACTOR = 1e3
@@ -36,11 +36,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def start(params: TrialParams) -> torch.device:
-    """Seed, thread count and work folder of a trial; returns the device it trains on."""
+    """Seed, thread count, work folder and GPU memory share of a trial; returns the device it trains on."""
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, params.threads))
     params.work_dir.mkdir(parents=True, exist_ok=True)
-    return pick_device(params.device)
+    device = pick_device(params.device)
+    if device.type == "cuda" and 0 < params.gpu_fraction < 1:
+        torch.cuda.set_per_process_memory_fraction(params.gpu_fraction, device)
+    return device
 
 
 class DivergenceGuard:
@@ -101,6 +104,10 @@ class Lifecycle:
         metric, mode = (params.metric, params.mode) if params.metric else default_metric
         self.best = Best(metric, mode)
         self.work_dir, self.reporter, self.best_files = params.work_dir, reporter, tuple(best_files)
+        self.every_s = params.checkpoint_every_s
+        self.total = 0
+        """The trial's planned epochs (set by :meth:`epochs`); 0 = unknown, every checkpoint holds the state."""
+        self._saved_at = time.monotonic()
         self.history: list[dict[str, float]] = []
         self.epoch = 0
         self.extra: dict[str, Scalar] = {}
@@ -120,10 +127,11 @@ class Lifecycle:
         for name in self.best_files:
             if (ckpt / name).exists():
                 link_or_copy(ckpt / name, self.work_dir / name)
-        return ckpt
+        return ckpt if saved.get("state", True) else None  # a finished trial's last checkpoint: nothing to load
 
     def epochs(self, total: int) -> range:
         """The epochs still to run."""
+        self.total = total
         return range(self.epoch + 1, total + 1)
 
     def end_epoch(
@@ -133,26 +141,41 @@ class Lifecycle:
         save_state: Callable[[Path], None],
         info: Mapping[str, Scalar] | None = None,
     ) -> bool:
-        """Record one epoch: on a new best ``save_best()`` writes the best files; the full state goes into a
-        fresh checkpoint folder (``save_state(folder)``, plus links to the best files, not copies) that is
-        reported with the metrics. ``info`` is reported when it changed. True when the epoch is the best."""
+        """Record one epoch: on a new best ``save_best()`` writes the best files. The epoch is reported with the
+        metrics, and with a checkpoint folder when a resume or the tracking store can use one: on a new best (the
+        best files, linked, not copied) and when ``checkpoint_every_s`` has passed since the last one; the full
+        state (``save_state(folder)``) in each, except after the last planned epoch, which nothing resumes.
+        ``info`` is reported when it changed. True when the epoch is the best."""
         improved = self.best.update(metrics)
         if improved:
             save_best()
         self.epoch = int(metrics["epoch"])
         self.history.append(dict(metrics))
         facts = dict(info or {})
+        changed = facts != self._sent
+        self._sent = facts
+        final = bool(self.total) and self.epoch >= self.total
+        due = self.every_s <= 0 or time.monotonic() - self._saved_at >= self.every_s
+        if not improved and (final or not due):
+            self.reporter.report(metrics, None, facts if changed else None)
+            return improved
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             ckpt = Path(tmp)
-            save_state(ckpt)
-            state = {"epoch": self.epoch, "history": self.history, "extra": self.extra, "best": asdict(self.best)}
+            if not final:
+                save_state(ckpt)
+                self._saved_at = time.monotonic()
+            state = {
+                "epoch": self.epoch,
+                "history": self.history,
+                "extra": self.extra,
+                "best": asdict(self.best),
+                "state": not final,
+            }
             (ckpt / STATE_FILE).write_text(json.dumps(state))
             for name in self.best_files:
                 if (self.work_dir / name).exists():
                     link_or_copy(self.work_dir / name, ckpt / name)
-            changed = facts != self._sent
             self.reporter.report(metrics, ckpt, facts if changed else None)
-            self._sent = facts
         return improved
 
     def stale(self, patience: int) -> bool:
@@ -180,15 +203,6 @@ def load_parts(folder: Path, parts: Mapping[str, Any]) -> None:
     for key, part in parts.items():
         if part is not None and blob.get(key) is not None:
             part.load_state_dict(blob[key])
-
-
-def link_or_copy(src: Path, dest: Path) -> None:
-    """``dest`` as a hard link to ``src`` (instant, no copy), or a copy across file systems."""
-    dest.unlink(missing_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy(src, dest)
 
 
 def save_atomic(path: Path, blob: object) -> None:

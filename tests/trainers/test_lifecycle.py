@@ -52,13 +52,16 @@ class RayLikeReporter(ListReporter):
 
     def __init__(self, keep: Path, kill_after: int | None = None) -> None:
         super().__init__()
-        self.keep, self.kill_after, self.saved = keep, kill_after, []
+        self.keep, self.kill_after = keep, kill_after
+        self.saved: list[Path | None] = []
+        """Each report's checkpoint copy, None for a report without one."""
 
     def report(self, metrics, checkpoint_dir=None, info=None) -> None:
         super().report(metrics, checkpoint_dir, info)
         dest = self.keep / f"epoch{int(metrics['epoch'])}"
-        shutil.copytree(checkpoint_dir, dest)
-        self.saved.append(dest)
+        if checkpoint_dir is not None:
+            shutil.copytree(checkpoint_dir, dest)
+        self.saved.append(dest if checkpoint_dir is not None else None)
         if self.kill_after and len(self.metrics) == self.kill_after:
             raise Killed
 
@@ -127,7 +130,46 @@ def test_best_weights_are_the_best_epoch_by_the_sweeps_metric_across_a_kill(
     for i, folder in enumerate(saved):  # each checkpoint holds the best of the epochs so far
         so_far = values[: i + 1]
         at = so_far.index(min(so_far) if mode == "min" else max(so_far))
-        assert digest(folder / best_file) == digest(saved[at] / best_file)
+        if folder is None:  # no new best and nothing to resume: the last epoch reports no checkpoint
+            assert i == 3 and at < i
+            continue
+        assert digest(folder / best_file) == digest(saved[at] / best_file)  # type: ignore[operator]
+        assert (folder / "lifecycle.json").exists()
+    if saved[3] is not None and trainer != "mmdet":  # the last epoch's: best files only, no state to resume
+        assert not (saved[3] / "state.pt").exists()
+        again = RayLikeReporter(tmp_path / "again")
+        assert impl.fit(params(saved[3]), again).best_metrics == result.best_metrics and not again.metrics
+
+
+def test_checkpoints_at_each_new_best_and_when_due(tmp_path: Path) -> None:
+    """With ``checkpoint_every_s`` not yet passed, an epoch without a new best reports no checkpoint (the
+    last state stays resumable); every new best is checkpointed with the full state, except after the last
+    epoch."""
+    impl = TRAINERS.get("classifier").load()
+    hp = {"epochs": 5, "lr": 0.05, "batch_size": 64}
+    data = {"name": "digits", "image_size": 12}
+    for every_s, name in ((3600.0, "lean"), (0.0, "each")):
+        ray = RayLikeReporter(tmp_path / name)
+        impl.fit(
+            TrialParams(
+                data,
+                {"arch": "small_cnn"},
+                hp,
+                tmp_path / f"w-{name}",
+                checkpoint_every_s=every_s,
+                metric="val_loss",
+                mode="min",
+            ),
+            ray,
+        )
+        losses = [m["val_loss"] for m in ray.metrics]
+        new_best = [v < min(losses[:i], default=float("inf")) for i, v in enumerate(losses)]
+        for i, folder in enumerate(ray.saved):
+            last = i == len(ray.saved) - 1
+            if every_s and not new_best[i] or last and not new_best[i]:
+                assert folder is None
+            else:
+                assert folder is not None and (folder / "state.pt").exists() != last
 
 
 def test_weight_and_gradient_histograms_each_epoch_when_asked(tmp_path: Path) -> None:
