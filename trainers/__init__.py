@@ -71,7 +71,7 @@ TRAINERS.add(
         ClassifierHParams,
         "trainers.classifier.trainer:ClassifierTrainer",
         "trainers.classifier.report:evaluate_checkpoint",
-        "trainers.classifier.trainer:preflight",
+        "trainers.classifier.preflight:preflight",
         ("val_top1", "val_top5", "val_loss", "train_loss"),
         "trainers.serving:classifier",
     ),

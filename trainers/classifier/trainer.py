@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
 from trainers import lifecycle
-from trainers.base import InputError, Reporter, Scalar, TrialParams, TrialResult, typed
+from trainers.base import Reporter, Scalar, TrialParams, TrialResult, typed
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData, ClassifierHParams, ClassifierModel
 from trainers.classifier.data import Splits, load_splits
 from trainers.classifier.engine import Accumulation, Precision, evaluate, topk, train_one_epoch
-from trainers.classifier.models import build_model, imagenet_url
+from trainers.classifier.models import build_model
 from trainers.classifier.transfer import apply_unfreeze, param_groups, train_mode
 from trainers.lifecycle import DivergenceGuard, Histograms, Lifecycle, load_parts, save_atomic, save_parts
-from trainers.weights import check_file, hub_file
 
 BEST_FILE = "best.pt"
 DEFAULT_METRIC = ("val_top1", "max")
@@ -83,25 +80,6 @@ def prepare_data(cfg: ClassifierData, hp: ClassifierHParams, seed: int, cache_di
         loader.decoding_batches(splits, splits.val, size, hp.batch_size, False, seed, hp.num_workers),
         info,
     )
-
-
-def preflight(
-    dataset: BaseModel | Mapping[str, Any], model: BaseModel | Mapping[str, Any], weights: Sequence[str] = ()
-) -> dict[str, int]:
-    """Checks run in the driver before any trial starts: the data is there, has two classes or more and no
-    empty one, both parts hold images; every weights source the trials may use (``weights``, default the
-    model's) loads. Returns the split sizes."""
-    dataset, model = typed(ClassifierData, dataset), typed(ClassifierModel, model)
-    splits = load_splits(dataset)
-    for part in ("train", "val"):
-        if not len(getattr(splits, part)):
-            raise InputError(f"dataset: the {part} part is empty; use more images or another val_fraction")
-    for source in weights or (model.weights,):
-        if source == "imagenet":
-            check_file(hub_file(imagenet_url(model.arch)))
-        elif source != "none":
-            check_file(source)
-    return splits.sizes()
 
 
 class ClassifierTrainer:
