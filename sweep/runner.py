@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class TrialSetup:
     metrics: tuple[str, ...] = ()
     mode: str = "max"
     """The spec's metric names: a diverged trial reports them as NaN, which Optuna records as failed."""
+    checkpoint_every_s: float = 0
+    gpu_fraction: float = 1.0
 
 
 class RayReporter:
@@ -119,6 +122,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         cache_dir=setup.cache_dir,
         metric=setup.metrics[0] if setup.metrics else "",
         mode=setup.mode,
+        checkpoint_every_s=setup.checkpoint_every_s,
+        gpu_fraction=setup.gpu_fraction,
     )
     reporter = RayReporter()
     try:
@@ -238,6 +243,9 @@ def make_trainable(spec: Spec, root: Path) -> Any:
         root / "cache",
         tuple(spec.metric.names),
         spec.metric.modes[0],
+        # HyperBand pauses trials at each rung and continues them from their last checkpoint
+        0 if spec.scheduler.name == "hyperband" else spec.budget.checkpoint_every_s,
+        spec.resources.gpus_per_trial if 0 < spec.resources.gpus_per_trial < 1 else 1.0,
     )
     return tune.with_resources(
         tune.with_parameters(run_trial, setup=setup),
@@ -260,6 +268,8 @@ def start_ray(address: str | None, log: Path) -> None:
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     _quiet()
+    # While ray.init waits for its processes, import what Tune's TensorBoard logger needs (a second on its own)
+    threading.Thread(target=_preload, args=(TUNE_MODULES,), daemon=True).start()
     if not ray.is_initialized():
         try:
             ray.init(
@@ -283,6 +293,31 @@ def start_ray(address: str | None, log: Path) -> None:
     ray_logger.addHandler(handler)
     ray_logger.setLevel(logging.INFO)
     ray_logger.propagate = False
+
+
+def stop_ray() -> None:
+    """Stop the Ray instance a sweep started (or leave the cluster it joined) as soon as the sweep is over, not at
+    interpreter exit, where Ray first sleeps half a second for log lines we do not print."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+
+
+TUNE_MODULES = ("tensorboardX",)
+"""Imported in the background while Ray starts: Tune's TensorBoard logger needs it, and nothing ray.init imports
+does (a module imported by two threads at once would wait on Python's import lock)."""
+
+
+def _preload(modules: tuple[str, ...]) -> None:
+    import contextlib
+    import importlib
+
+    for module in modules:
+        with contextlib.suppress(ImportError):  # Tune then warns as it always does
+            importlib.import_module(module)
 
 
 def check_resources(spec: Spec) -> None:
