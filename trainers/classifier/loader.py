@@ -118,26 +118,41 @@ def cached_batches(
 
 
 class DecodingDataset(Dataset[tuple[torch.Tensor, int]]):
-    """The usual path: decode and resize a file each time an item is read."""
+    """The usual path: decode and resize a file each time an item is read, then ``augment`` it (uint8), in the
+    DataLoader's worker processes."""
 
-    def __init__(self, splits: Splits, idx: np.ndarray, size: int) -> None:
-        self.splits, self.idx, self.size = splits, idx, size
+    def __init__(self, splits: Splits, idx: np.ndarray, size: int, augment: v2.Compose | None = None) -> None:
+        self.splits, self.idx, self.size, self.augment = splits, idx, size, augment
 
     def __len__(self) -> int:
         return len(self.idx)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         j = int(self.idx[i])
-        return decode(self.splits, j, self.size), int(self.splits.labels[j])
+        image = decode(self.splits, j, self.size)
+        return (self.augment(image) if self.augment is not None else image), int(self.splits.labels[j])
 
 
 def decoding_batches(
-    splits: Splits, idx: np.ndarray, size: int, batch_size: int, shuffle: bool, seed: int, workers: int
+    splits: Splits,
+    idx: np.ndarray,
+    size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    augment: v2.Compose | None = None,
 ) -> Batches:
-    """Batches through a DataLoader that decodes files every epoch (no cache)."""
+    """Batches through a DataLoader that decodes files every epoch (no cache); ``augment`` runs in its workers
+    (persistent across epochs), beside the decoding, not in the training process."""
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        DecodingDataset(splits, idx, size), batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen
+        DecodingDataset(splits, idx, size, augment),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=gen,
+        persistent_workers=workers > 0,
     )
     return lambda: iter(loader)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
 from trainers import lifecycle
 from trainers.base import Reporter, Scalar, TrialParams, TrialResult, typed
@@ -56,6 +57,8 @@ class _Data:
     train: loader.Batches
     val: loader.Batches
     info: dict[str, int | str]
+    augment: v2.Compose | None
+    """The augmentation the training step applies (None when the data loader's workers apply it)."""
 
 
 def prepare_data(cfg: ClassifierData, hp: ClassifierHParams, seed: int, cache_dir: Path | None) -> _Data:
@@ -63,6 +66,7 @@ def prepare_data(cfg: ClassifierData, hp: ClassifierHParams, seed: int, cache_di
     splits = load_splits(cfg)
     info: dict[str, int | str] = {**splits.sizes(), "data.split_seed": cfg.seed, "data.cached": str(cfg.cache)}
     size = cfg.image_size
+    augment = loader.augmenter(hp, size)
     if cfg.cache:
         images, ok = loader.decoded(splits, size, cache_dir)
         loader.require_images(ok, splits)
@@ -73,13 +77,14 @@ def prepare_data(cfg: ClassifierData, hp: ClassifierHParams, seed: int, cache_di
             loader.cached_batches(images, splits.labels, train_idx, hp.batch_size, True, seed),
             loader.cached_batches(images, splits.labels, val_idx, hp.batch_size, False, seed),
             info,
+            augment,
         )
-    return _Data(
-        splits,
-        loader.decoding_batches(splits, splits.train, size, hp.batch_size, True, seed, hp.num_workers),
-        loader.decoding_batches(splits, splits.val, size, hp.batch_size, False, seed, hp.num_workers),
-        info,
+    in_workers = hp.num_workers > 0  # beside the decoding, off the training process
+    train = loader.decoding_batches(
+        splits, splits.train, size, hp.batch_size, True, seed, hp.num_workers, augment if in_workers else None
     )
+    val = loader.decoding_batches(splits, splits.val, size, hp.batch_size, False, seed, hp.num_workers)
+    return _Data(splits, train, val, info, None if in_workers else augment)
 
 
 class ClassifierTrainer:
@@ -106,7 +111,6 @@ class ClassifierTrainer:
             load_parts(resumed, state)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         precision = Precision(device, hp.amp)
-        augment = loader.augmenter(hp, cfg.image_size)
         info: dict[str, Scalar] = {**data.info, "weights.source": weights_id, "device": str(device)}
         meta = {"arch": spec_model.arch, "classes": classes, "image_size": cfg.image_size}
         acc = Accumulation(steps=int(life.extra.get("accumulate", 1)), min_micro_batch=hp.min_micro_batch)
@@ -119,7 +123,7 @@ class ClassifierTrainer:
             train_mode(model)
             retries = acc.retries
             train_loss = train_one_epoch(
-                model, data.train, optimizer, loss_fn, precision, augment, hp.grad_clip, acc, guard
+                model, data.train, optimizer, loss_fn, precision, data.augment, hp.grad_clip, acc, guard
             )
             if acc.retries > retries:  # out of memory: said once, in the trial's tags and log
                 info.update({"oom.accumulate": acc.steps, "oom.micro_batch": hp.batch_size // acc.steps})
