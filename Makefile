@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+bench: install  # every benchmark at full size, appended to benchmarks/RESULTS.md (about an hour on 2 cores)
+	$(PY) -m benchmarks --out benchmarks/RESULTS.md
+
+bench-quick: install  # every benchmark small: checks they work (CI), never to judge speed
+	$(PY) -m benchmarks --quick
 
 lint: install
 	$(VENV)/bin/ruff check sweep trainers tests

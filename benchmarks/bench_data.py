@@ -5,22 +5,22 @@ Measures, in one run on one machine so the ratios compare like with like:
 - the cache's one-time build cost (paid once per sweep, shared by every trial);
 - training images/s of resnet18 (scratch, all layers) at 64 and 112 px for both paths.
 
-    .venv/bin/python benchmarks/bench_data.py --images 600 --out benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks.bench_data --images 600 --out benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.publish import machine, publish
 from trainers.classifier import loader
 from trainers.classifier.config import ClassifierData
 from trainers.classifier.data import load_splits
@@ -66,13 +66,16 @@ def training_rate(batches: loader.Batches, size: int, n_classes: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="60 images at 64 px: checks that it works")
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 112])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.sizes = 60, [64]
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,36 +106,26 @@ def main() -> None:
         lines.append(
             f"| {size} | {build_s:.1f} | {ld:.0f} | {lc:.0f} | {lc / ld:.1f}× | {td:.1f} | {tc:.1f} | {tc / td:.2f}× |"
         )
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} threads, {args.images} JPEGs of 200–300 px sides"
+    command = ".venv/bin/python -m benchmarks.bench_data" + (" --quick" if args.quick else f" --images {args.images}")
+    detail = f"torch {torch.__version__}, {args.threads} threads, {args.images} JPEGs of 200–300 px sides"
+    publish(
+        "Shared decoded cache vs. per-epoch PIL decoding (`benchmarks/bench_data.py`)",
+        command,
+        machine(detail),
+        [*lines, "", *NOTES],
+        args.out,
     )
-    text = "\n".join(lines)
-    print(machine)
-    print(text)
-    if args.out:
-        args.out.write_text(RESULTS.format(machine=machine, table=text, images=args.images))
 
 
-RESULTS = """# Benchmarks
-
-## Shared decoded cache vs. per-epoch PIL decoding (`benchmarks/bench_data.py`)
-
-Command: `.venv/bin/python benchmarks/bench_data.py --images {images} --out benchmarks/RESULTS.md`
-
-Machine: {machine}.
-
-{table}
-
-- *load img/s*: decode (JPEG → PIL), resize and crop, to a normalised float tensor, per epoch. The
-  PIL path does this for every image every epoch (DataLoader, 0 workers: a trial's one CPU); the
-  cache reads uint8 from a memory-mapped file built once per sweep and shared by all its trials.
-- *cache build*: the one-time decode of every image, paid by the first trial of a sweep only.
-- *train img/s*: one epoch of resnet18 (scratch, all layers, SGD) fed by each path, best of two
-  interleaved runs. On this CPU the
-  model dominates at larger sizes, so the gain there is smaller; on a GPU, where the model step is
-  fast, the loading rate is the ceiling.
-"""
+NOTES = [
+    "- *load img/s*: decode (JPEG → PIL), resize and crop, to a normalised float tensor, per epoch. The",
+    "  PIL path does this for every image every epoch (DataLoader, 0 workers: a trial's one CPU); the",
+    "  cache reads uint8 from a memory-mapped file built once per sweep and shared by all its trials.",
+    "- *cache build*: the one-time decode of every image, paid by the first trial of a sweep only.",
+    "- *train img/s*: one epoch of resnet18 (scratch, all layers, SGD) fed by each path, best of two",
+    "  interleaved runs. On this CPU the model dominates at larger sizes, so the gain there is smaller; on a",
+    "  GPU, where the model step is fast, the loading rate is the ceiling.",
+]
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 journal writes it (per-epoch metrics, best_<metric>, tags), read back by ``load_table`` in bulk, compared in
 the same run with reading every trial's metric history (what the table needed before).
 
-    .venv/bin/python benchmarks/bench_export.py --trials 1000 --epochs 50 --out benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks.bench_export --trials 1000 --epochs 50 --out benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from publish import machine, publish
-
+from benchmarks.publish import machine, publish
 from sweep import store
 from sweep.export import load_table
 
@@ -55,12 +55,15 @@ def per_run_histories(uri: str) -> int:
     return sum(len(mlflow.get_metric_history(r.info.run_id, "val_top1")) for r in runs)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="50 trials × 10 epochs: checks that it works")
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.trials, args.epochs = 50, 10
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlruns.db'}"
         start = time.perf_counter()
@@ -75,7 +78,7 @@ def main() -> None:
         old = time.perf_counter() - start
     publish(
         "`sweep export` on a large store (`benchmarks/bench_export.py`)",
-        f".venv/bin/python benchmarks/bench_export.py --trials {args.trials} --epochs {args.epochs}",
+        f".venv/bin/python -m benchmarks.bench_export --trials {args.trials} --epochs {args.epochs}",
         machine("SQLite store on local disk"),
         [
             "| trials × epochs | metric rows | write the store (s) | `load_table`, bulk (s) | per-trial histories (s) "
