@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def packed(k: int, size: int, batch: int, steps: int, device: torch.device) -> l
     return [float(p.communicate()[0].split()[-1]) for p in procs]
 
 
-def detector_epoch(images: int, device: torch.device) -> tuple[float, float]:
+def detector_epoch(images: int, device: torch.device, workers: int) -> tuple[float, float]:
     """Seconds and img/s of one Faster R-CNN R-50 FPN training epoch (AMP, default input size) via the trainer."""
     from tests.trainers.synthetic_voc import make_voc
     from trainers import ListReporter, TrialParams
@@ -97,14 +98,14 @@ def detector_epoch(images: int, device: torch.device) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         make_voc(Path(tmp), n_trainval=images, n_test=2, size=500)
         data = {"name": "voc", "root": str(Path(tmp) / "VOCdevkit"), "train": ["2007-trainval"], "val_fraction": 0.1}
-        hp = {"epochs": 1, "lr": 0.01, "batch_size": 4, "amp": True, "num_workers": 4}
+        hp = {"epochs": 1, "lr": 0.01, "batch_size": 4, "amp": True, "num_workers": workers}
         params = TrialParams(
             data,
             {"arch": "fasterrcnn_resnet50_fpn", "weights": "none"},
             hp,
             Path(tmp) / "w",
             device=str(device),
-            threads=4,
+            threads=workers,
         )
         start = time.perf_counter()
         DetectorTrainer().fit(params, ListReporter())
@@ -113,7 +114,8 @@ def detector_epoch(images: int, device: torch.device) -> tuple[float, float]:
 
 
 def fractional_sweep(device: torch.device) -> tuple[int, str]:
-    """A 4-trial sweep with gpus_per_trial 0.5; the most trials whose epochs overlapped in time."""
+    """A 4-trial sweep with gpus_per_trial 0.5: the most trials its progress lines showed running at once, and the
+    devices its trials reported."""
     gpus = "0.5" if device.type == "cuda" else "0"
     sets = [
         "budget.trials=4",
@@ -125,7 +127,7 @@ def fractional_sweep(device: torch.device) -> tuple[int, str]:
         "dataset.image_size=64",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
+        done = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -137,15 +139,15 @@ def fractional_sweep(device: torch.device) -> tuple[int, str]:
             cwd=tmp,
             check=True,
             capture_output=True,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        spans = []
+        devices = set()
         for result in (Path(tmp) / "results" / "digits-demo" / "tune").glob("*/result.json"):
             rows = [json.loads(line) for line in result.read_text().splitlines()]
-            end = rows[-1]["timestamp"]
-            spans.append((end - rows[-1]["time_total_s"], end, rows[-1].get("info/device", "")))
-    most = max(sum(1 for s, e, _ in spans if s <= t < e) for t, _, _ in spans)
-    return most, ", ".join(sorted({d for *_, d in spans if d}))
+            devices |= {str(r["info/device"]) for r in rows if "info/device" in r}
+    most = max((int(n) for n in re.findall(r"(\d+) running", done.stdout)), default=0)
+    return most, ", ".join(sorted(devices))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rates = packed(k, size, batches["resnet18"], steps, device)
         alone = alone or min(rates)
         body.append(f"| {k} ({1 / k:g}) | {min(rates):.0f} | {min(rates) / alone:.2f} |")
-    wall, rate = detector_epoch(4 if args.cpu else 200, device)
+    wall, rate = detector_epoch(4 if args.cpu else 200, device, 2 if args.cpu else 4)
     body += [
         "",
         f"Faster R-CNN R-50 FPN, one epoch of the detector trainer (AMP, 800 px): {wall:.1f} s, {rate:.1f} img/s.",

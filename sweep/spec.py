@@ -43,8 +43,9 @@ class SamplerSpec(_Block):
 class SchedulerSpec(_Block):
     name: str = "asha"
     """One of asha, hyperband, median, fifo (no early stopping)."""
-    grace_period: int = Field(1, ge=1)
-    """Epochs every trial runs before it may be stopped."""
+    grace_period: int = Field(2, ge=1)
+    """Epochs every trial runs before it may be stopped (2 with reduction factor 3: the cheapest to the grid's best
+    in ``benchmarks/bench_search.py``)."""
     reduction_factor: float = Field(3, gt=1)
     """ASHA / Hyperband: keep 1/reduction_factor of the trials at each rung."""
     min_samples_required: int = Field(3, ge=1)
