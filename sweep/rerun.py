@@ -21,7 +21,16 @@ from sweep import store
 from sweep.errors import SweepError
 from sweep.evaluate import sweep_spec
 from sweep.export import load_table, locate_uri, seeds_summary
-from sweep.runner import LOG_FILE, check_resources, common_tags, dataset_info, make_trainable, run_config, start_ray
+from sweep.runner import (
+    LOG_FILE,
+    check_address,
+    check_resources,
+    common_tags,
+    dataset_info,
+    make_trainable,
+    run_config,
+    start_ray,
+)
 
 
 def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = None) -> pd.DataFrame:
@@ -46,6 +55,8 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
         for _, row in picked.iterrows()
         for i in range(1, seeds + 1)
     ]
+    if address:
+        check_address(address)
     start_ray(address, root / LOG_FILE)
     check_resources(spec)
     from ray import tune

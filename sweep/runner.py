@@ -6,10 +6,12 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,8 @@ def run_sweep(
     saved = json.loads(state_file.read_text()) if resume else {}
     if resume and saved["spec_hash"] != spec.digest:
         raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
+    if address:
+        check_address(address)
     sizes = (
         _resolve(spec.entry.preflight)(spec.dataset, spec.model, spec.weight_sources()) if spec.entry.preflight else {}
     )
@@ -191,6 +195,8 @@ def run_sweep(
     storage = _study_storage(study_url, spec.name, resume)
     start_ray(address, root / LOG_FILE)
     check_resources(spec)
+    if address:
+        print(f"[{spec.name}] {joined(address)}", flush=True)
     from ray import tune
 
     tags = common_tags(spec, base)  # once: it asks git for the commit
@@ -263,26 +269,32 @@ def _resolve(path: str) -> Any:
 def start_ray(address: str | None, log: Path) -> None:
     """Start (or join) Ray with our environment; its own log lines and tracebacks go to ``log``, our
     progress lines are the terminal's."""
+    ray_env()
     import ray
 
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
     _quiet()
     # While ray.init waits for its processes, import what Tune's TensorBoard logger needs (a second on its own)
     threading.Thread(target=_preload, args=(TUNE_MODULES,), daemon=True).start()
     if not ray.is_initialized():
         try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-                configure_logging=True,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SweepError(
-                f"--address: cannot join the Ray cluster at {address}: {str(e).splitlines()[0][:200]}"
-            ) from None
+            with _stderr_into(log):  # Ray's C++ core logs retries and warnings straight to the terminal
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                    configure_logging=True,
+                )
+        except Exception as e:  # Ray raises several kinds (ConnectionError, AuthenticationError, RuntimeError)
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            hint = ""
+            if address and ("auth" in f"{type(e).__name__} {e}".lower() or not auth_token_available()):
+                # the head answered (check_address), so a refusal is most often its token authentication
+                hint = (
+                    "; if the cluster uses token authentication (a head started with a token has it on), copy the "
+                    "head's ~/.ray/auth_token to this machine or set RAY_AUTH_TOKEN"
+                )
+            raise SweepError(f"--address {address}: cannot join the Ray cluster: {first}{hint}") from None
     handler = logging.FileHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("ray", "ray.tune", "ray.train"):
@@ -293,6 +305,84 @@ def start_ray(address: str | None, log: Path) -> None:
     ray_logger.addHandler(handler)
     ray_logger.setLevel(logging.INFO)
     ray_logger.propagate = False
+
+
+@contextmanager
+def _stderr_into(log: Path) -> Iterator[None]:
+    """File descriptor 2 appended to ``log`` for the block: what native code prints goes there too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def ray_env() -> None:
+    """Our settings of Ray's environment variables (a user's own win), before Ray is imported."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def joined(address: str) -> str:
+    """What the cluster a sweep joined has, in one line."""
+    import ray
+
+    have = ray.cluster_resources()
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    return (
+        f"joined the Ray cluster at {address}: {nodes} node{'s' if nodes != 1 else ''}, "
+        f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
+    )
+
+
+def auth_token_available() -> bool:
+    """Whether this machine has a Ray cluster token where Ray looks: ``RAY_AUTH_TOKEN``, the file
+    ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token`` (which ``ray start --head`` writes)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path)
+
+
+def check_address(address: str) -> None:
+    """Before ``ray.init`` joins ``HOST:PORT``: something must answer there (Ray would retry for a minute), and a
+    token this machine has is used (Ray 2.60 turns token authentication on for a cluster started with ``ray start``
+    but leaves it off for a driver given an address)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(
+            f"--address {address}: expected HOST:PORT of the Ray head (its GCS port, 6379 by default) or auto"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise SweepError(
+            f"--address {address}: nothing answers there ({reason}); start the head with "
+            f"`ray start --head --port {port}` or give the address `ray start --head` printed"
+        ) from None
+    ray_env()
+    if "RAY_AUTH_MODE" not in os.environ and auth_token_available():
+        # what Ray does itself for `auto` (and not for an explicit address): use the token this machine has
+        try:
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            quiet.setLevel(logging.ERROR)  # its "token authentication is enabled" notice is not our output
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        except ImportError:  # another Ray version: the environment variable is what Ray reads at start
+            os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def stop_ray() -> None:
