@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -28,10 +29,12 @@ def free_port() -> int:
 class Server:
     """``mlflow server`` on PostgreSQL and 127.0.0.1, which a test can stop and start again."""
 
-    def __init__(self, db: str, store: Path) -> None:
+    def __init__(self, db: str, store: Path, admin_password: str | None = None) -> None:
         self.port, self.db, self.store = free_port(), db, store
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.admin_password = admin_password
+        """With one: MLflow's basic-auth app is on, user ``admin`` has this password."""
 
     def start(self) -> None:
         exe = str(Path(sys.executable).with_name("mlflow"))
@@ -51,15 +54,33 @@ class Server:
             "--workers",
             "1",
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env = dict(os.environ)
+        if self.admin_password:
+            config = self.store.parent / "basic_auth.ini"
+            config.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{self.store.parent / 'basic_auth.db'}\nadmin_username = admin\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            cmd += ["--app-name", "basic-auth"]
+            env |= {
+                "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,  # the auth app's CSRF key
+            }
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
-                store.client(self.url).search_experiments()
-                return
-            except Exception:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(1)
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(1)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -68,8 +89,9 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path):
-    """A fresh database and a running server, both removed afterwards."""
+def server(request, tmp_path: Path):
+    """A fresh database and a running server, both removed afterwards (MLflow's basic-auth app on when the test is
+    parametrized with an admin password)."""
     psycopg2 = pytest.importorskip("psycopg2")
     db = f"sweep_test_{uuid.uuid4().hex[:8]}"
     try:
@@ -78,7 +100,7 @@ def server(tmp_path: Path):
         pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432: {e}")
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {db}")
-    srv = Server(db, tmp_path / "artifact-store")
+    srv = Server(db, tmp_path / "artifact-store", getattr(request, "param", None))
     srv.start()
     yield srv
     srv.stop()
@@ -109,18 +131,32 @@ def assert_complete(url: str, trials: int, epochs: int) -> None:
         assert [a.path for a in mlflow.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
-def test_sweep_tracks_into_a_server_on_postgres(server, tmp_path: Path) -> None:
+SECRET = "s3cret-Pa55word-only-in-the-environment"
+
+
+@pytest.mark.parametrize("server", [SECRET], indirect=True)
+def test_sweep_tracks_into_an_authenticated_server_on_postgres(server, tmp_path: Path, monkeypatch) -> None:
+    """MLflow's basic-auth app on PostgreSQL: the credentials come from the environment and end up in no file, no
+    output and no run; a wrong password is refused in one line before any trial starts."""
     url, store = server.url, server.store
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+    wrong = subprocess.run(sweep_cmd(*QUICK, f"tracking.uri={url}"), cwd=tmp_path, capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert "refused the credentials" in wrong.stderr and not (tmp_path / "results" / "digits-demo" / "tune").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
     overrides = [*QUICK, "budget.trials=3", "fixed.epochs=2", f"tracking.uri={url}"]
-    cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
-    done = subprocess.run(
-        cmd + [a for o in overrides for a in ("--set", o)], cwd=tmp_path, capture_output=True, text=True, timeout=400
-    )
+    done = subprocess.run(sweep_cmd(*overrides), cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert SECRET not in done.stdout + done.stderr
     assert not (tmp_path / "mlruns.db").exists()  # nothing went to the embedded store
     table = load_table("digits-demo", url)
     assert len(table.frame) == 3 and table.frame["val_top1"].notna().all()
     assert list(store.rglob("best.pt"))  # checkpoints went through the server to its artifact store
+    for path in (tmp_path / "results").rglob("*"):
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+    for run in load_runs(url):
+        assert SECRET not in str(run.data.params) + str(run.data.tags)
     status = subprocess.run(
         [sys.executable, "-m", "sweep", "status", "digits-demo"],
         cwd=tmp_path,
@@ -129,6 +165,11 @@ def test_sweep_tracks_into_a_server_on_postgres(server, tmp_path: Path) -> None:
         timeout=120,
     )
     assert status.returncode == 0 and "3 trials" in status.stdout, status.stderr
+
+
+def load_runs(url: str) -> list:
+    mlflow = store.client(url)
+    return mlflow.search_runs([mlflow.get_experiment_by_name("digits-demo").experiment_id])
 
 
 FIFO = [*QUICK, "scheduler.name=fifo", "budget.trials=2", "fixed.epochs=6", "dataset.image_size=16"]
