@@ -215,11 +215,15 @@ def unreachable(uri: str, error: Exception) -> SweepError:
 
 
 def git_commit(path: Path) -> str | None:
+    """The commit of the code a sweep runs: git's, or ``SWEEP_GIT_COMMIT`` where there is no repository (the
+    docker images record the commit they were built from there)."""
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+        out = None
+    if out is not None and out.returncode == 0:
+        return out.stdout.strip()
+    return os.environ.get("SWEEP_GIT_COMMIT") or None
 
 
 def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
