@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.publish import machine, publish
+from benchmarks.publish import demo_sweep, machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.02, 0.005, 0.05, 0.2]
@@ -81,16 +80,8 @@ def sweep_run(s: Setting, reuse: bool) -> Run:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         marks = Path(tmp) / "marks.json"
-        cmd = [sys.executable, "-m", "benchmarks.phases", str(marks), "run", str(ROOT / "search_spaces" / "demo.yaml")]
-        env = {"PYTHONPATH": str(ROOT)}
         start = time.perf_counter()
-        subprocess.run(
-            [*cmd, *[a for o in overrides for a in ("--set", o)]],
-            cwd=tmp,
-            check=True,
-            capture_output=True,
-            env={**os.environ, **env},
-        )
+        demo_sweep(overrides, Path(tmp), runner=("benchmarks.phases", str(marks)))
         wall = time.perf_counter() - start
         found: dict[str, list[float]] = {}
         for name, t in json.loads(marks.read_text()):

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.publish import machine, publish
+from benchmarks.publish import demo_sweep, machine, publish
 
-ROOT = Path(__file__).resolve().parents[1]
 METRIC = "val_top1"
 
 
@@ -90,15 +86,8 @@ def run(name: str, search: dict[str, dict], epochs: int, image_size: int, overri
         "budget.max_concurrent=2",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
         start = time.time()
-        subprocess.run(
-            [*cmd, *[a for o in [*base, *overrides] for a in ("--set", o)]],
-            cwd=tmp,
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        demo_sweep([*base, *overrides], Path(tmp))
         wall = time.time() - start
         events = []
         for result in (Path(tmp) / "results" / name / "tune").glob("*/result.json"):

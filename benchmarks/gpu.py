@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.publish import machine, publish
+from benchmarks.publish import demo_sweep, machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,26 +126,12 @@ def fractional_sweep(device: torch.device) -> tuple[int, str]:
         "dataset.image_size=64",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sweep",
-                "run",
-                str(ROOT / "search_spaces" / "demo.yaml"),
-                *[a for s in sets for a in ("--set", s)],
-            ],
-            cwd=tmp,
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        out = demo_sweep(sets, Path(tmp))
         devices = set()
         for result in (Path(tmp) / "results" / "digits-demo" / "tune").glob("*/result.json"):
             rows = [json.loads(line) for line in result.read_text().splitlines()]
             devices |= {str(r["info/device"]) for r in rows if "info/device" in r}
-    most = max((int(n) for n in re.findall(r"(\d+) running", done.stdout)), default=0)
+    most = max((int(n) for n in re.findall(r"(\d+) running", out)), default=0)
     return most, ", ".join(sorted(devices))
 
 
