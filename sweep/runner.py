@@ -342,7 +342,8 @@ def joined(address: str) -> str:
 
 def auth_token_available() -> bool:
     """Whether this machine has a Ray cluster token where Ray looks: ``RAY_AUTH_TOKEN``, the file
-    ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token`` (which ``ray start --head`` writes)."""
+    ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token`` (``ray get-auth-token --generate`` and a local
+    ``ray.init`` write it)."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
@@ -350,9 +351,9 @@ def auth_token_available() -> bool:
 
 
 def check_address(address: str) -> None:
-    """Before ``ray.init`` joins ``HOST:PORT``: something must answer there (Ray would retry for a minute), and a
-    token this machine has is used (Ray 2.60 turns token authentication on for a cluster started with ``ray start``
-    but leaves it off for a driver given an address)."""
+    """Before ``ray.init`` joins ``HOST:PORT``: something must answer there (else Ray retries, then raises a
+    traceback), and a token this machine has is used (Ray 2.60 turns token authentication on for a head started
+    with a token, but leaves it off for a driver given an explicit address)."""
     import socket
 
     if address in ("auto", "local") or "://" in address:
@@ -388,8 +389,6 @@ def check_address(address: str) -> None:
 def stop_ray() -> None:
     """Stop the Ray instance a sweep started (or leave the cluster it joined) as soon as the sweep is over, not at
     interpreter exit, where Ray first sleeps half a second for log lines we do not print."""
-    import sys
-
     if "ray" in sys.modules:
         import ray
 
