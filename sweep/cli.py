@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     from sweep.runner import run_sweep, stop_ray
     from sweep.spec import load_spec
 
-    spec = load_spec(args.spec, args.set)
+    spec = load_spec(args.spec, spec_overrides(args))
     results = Path(args.results)
     try:
         outcome = run_sweep(spec, results=results, resume=args.resume, address=args.address)
@@ -55,6 +55,58 @@ def _run(args: argparse.Namespace) -> int:
         )
         return TRIALS_ERRORED
     return 0
+
+
+def spec_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides, and ``--storage`` as the one it stands for."""
+    return [*args.set, *([f"storage.uri={args.storage}"] if getattr(args, "storage", None) else [])]
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from sweep.jobs import address_of, submit
+    from sweep.spec import load_spec
+
+    overrides = spec_overrides(args)
+    spec = load_spec(args.spec, overrides)
+    job = submit(spec, Path(args.spec), overrides, args.address, args.resume, args.cluster_results)
+    where = f" --address {args.address}" if args.address else ""
+    print(
+        f"submitted {job} to {address_of(args.address)}: sweep '{spec.name}' runs on the cluster\n"
+        f"follow it with `sweep logs {job}{where} --follow`; stop it with `sweep stop {job}{where}`"
+    )
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from sweep.jobs import address_of, jobs
+
+    found = jobs(args.address)
+    if not found:
+        print(f"no sweep jobs on {address_of(args.address)}")
+        return 0
+    rows = [(j.name, j.sweep, j.status, j.started, j.ended, j.message) for j in found]
+    print(tabulate(rows, headers=["job", "sweep", "status", "started", "ended", "message"], tablefmt="github"))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from sweep.jobs import logs
+
+    status = logs(args.address, args.name, args.follow)
+    if args.follow:
+        print(f"job ended: {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else TRIALS_ERRORED
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from sweep.jobs import stop
+
+    job, status = stop(args.address, args.name)
+    print(f"{job}: {status}; continue it with `sweep submit SPEC --resume`")
+    return 0 if status == "STOPPED" else TRIALS_ERRORED
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -284,8 +336,31 @@ def build_parser() -> argparse.ArgumentParser:
     spec_cmd("validate", "check a spec and report every problem").set_defaults(func=_validate)
     run = spec_cmd("run", "run a sweep on Ray Tune")
     run.add_argument("--resume", action="store_true", help="continue an interrupted sweep; nothing is redone")
-    run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
+    run.add_argument("--address", help="join an existing Ray cluster: auto, or the head's HOST:PORT")
+    run.add_argument("--storage", metavar="URI", help="Ray Tune state, checkpoints and cache: a shared path or s3://…")
     run.set_defaults(func=_run)
+    submit = spec_cmd("submit", "run a sweep as a job on a Ray cluster (its driver runs there)")
+    submit.add_argument("--resume", action="store_true", help="continue the sweep a stopped job left")
+    submit.add_argument("--storage", metavar="URI", help="as for run: a shared path or s3://… every node reaches")
+    submit.add_argument(
+        "--cluster-results",
+        metavar="DIR",
+        help="the sweep's records on the cluster (default: $SWEEP_RESULTS there, else ~/sweep-results)",
+    )
+    submit.set_defaults(func=_submit)
+    for cmd, func, help in (
+        ("jobs", _jobs, "the sweep jobs on a Ray cluster and their states"),
+        ("logs", _logs, "a sweep job's output (NAME: the job, or a sweep's latest job)"),
+        ("stop", _stop, "stop a sweep job: trials checkpointed, runs KILLED, resumable"),
+    ):
+        p = sub.add_parser(cmd, help=help)
+        if cmd != "jobs":
+            p.add_argument("name", help="the job (as `sweep jobs` lists it) or a sweep's name (its latest job)")
+        if cmd == "logs":
+            p.add_argument("-f", "--follow", action="store_true", help="print as it comes, until the job ends")
+        p.set_defaults(func=func)
+    for p in (submit, *(sub.choices[c] for c in ("jobs", "logs", "stop"))):
+        p.add_argument("--address", help="the head's job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
     name_cmd("status", "trials, states and the best so far").set_defaults(func=_status)
     export = sub.add_parser("export", help="the best-params table of one sweep, or several side by side")
     export.add_argument("names", nargs="+", metavar="NAME", help="sweeps (several: their best trials in one table)")

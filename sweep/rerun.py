@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep import store
+from sweep import storage, store
 from sweep.errors import SweepError
 from sweep.evaluate import sweep_spec
 from sweep.export import load_table, locate_uri, seeds_summary
@@ -63,13 +63,15 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
 
     tags = common_tags(spec, Path("."))
     sizes = {k: int(v) for k, v in client_tags(uri, table).items()}
+    place = storage.resolve(spec.storage, root, spec.name)
     tuner = tune.Tuner(
-        make_trainable(spec, root),
+        make_trainable(spec, place),
         param_space={"rerun": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.budget.max_concurrent),
         run_config=run_config(
             spec,
             root,
+            place,
             uri,
             record["experiment_id"],
             table.parent_id,

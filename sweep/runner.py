@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sweep import records, store, study
+from sweep import records, storage, store, study
 from sweep.errors import SweepError
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
@@ -33,6 +33,8 @@ RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 LOG_FILE = "ray.log"
+NODE_TAG = "sweep.node_id"
+"""The Ray node a trial runs on (its run's tag)."""
 RERUN, RERUN_KEYS = "rerun", ("rerun_seed", "rerun_of")
 """A re-run trial's config (``sweep rerun``) is ``{"rerun": {...sampled values, rerun_seed, rerun_of}}``: its
 seed and the trial whose configuration it repeats ride along with the values."""
@@ -65,14 +67,16 @@ def trial_dirname(trial: Any) -> str:
 class TrialSetup:
     """What every trial of a sweep shares; shipped to the workers once."""
 
+    name: str
     trainer: str
     dataset: BaseModel
     model: BaseModel
     fixed: Mapping[str, Any]
     seed: int
     threads: int
-    trials_dir: Path
-    cache_dir: Path
+    trials_dir: Path | None
+    """None: this node's own scratch folder (storage on an object store)."""
+    cache_dir: Path | None
     metrics: tuple[str, ...] = ()
     mode: str = "max"
     """The spec's metric names: a diverged trial reports them as NaN, which Optuna records as failed."""
@@ -83,8 +87,10 @@ class TrialSetup:
 class RayReporter:
     """A :class:`trainers.Reporter` that forwards to ``ray.tune.report``."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: Mapping[str, str] | None = None) -> None:
         self.epoch = 0
+        self.node = dict(node or {})
+        """Where the trial runs, reported once with its first result (again after a retry on another node)."""
 
     def report(
         self, metrics: Mapping[str, float], checkpoint_dir: Path | None = None, info: Mapping[str, Any] | None = None
@@ -92,7 +98,8 @@ class RayReporter:
         from ray import tune
 
         self.epoch = int(metrics.get("epoch", self.epoch + 1))
-        result = {**metrics, **{f"info/{k}": v for k, v in (info or {}).items()}}
+        facts, self.node = {**self.node, **(info or {})}, {}
+        result = {**metrics, **{f"info/{k}": v for k, v in facts.items()}}
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(result, checkpoint=checkpoint)
 
@@ -101,15 +108,22 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """The Ray Tune trainable: one trial of the sweep, resumed from its checkpoint when Ray has one."""
     from ray import tune
 
+    from sweep.storage import scratch
+
     trial_id = tune.get_context().get_trial_id()
-    work_dir = setup.trials_dir / trial_id
+    trials_dir = setup.trials_dir or scratch() / setup.name / "trials"
+    work_dir = trials_dir / trial_id
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = None
     checkpoint = tune.get_checkpoint()
+    node = ray_node()
     if checkpoint is not None:
         resume_from = Path(tempfile.mkdtemp(dir=work_dir, prefix="resume-"))
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_from, dirs_exist_ok=True)
+        saved = resume_from / "lifecycle.json"
+        if saved.exists():  # a retry (or --resume) goes on from this epoch, not from the start
+            node["sweep.resumed_after_epoch"] = str(json.loads(saved.read_text())["epoch"])
     entry = TRAINERS.get(setup.trainer)
     config = flat_config(config)
     sampled = {k: v for k, v in config.items() if k not in RERUN_KEYS}
@@ -121,13 +135,13 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         resume_from=resume_from,
         seed=int(config.get("rerun_seed", setup.seed)),
         threads=setup.threads,
-        cache_dir=setup.cache_dir,
+        cache_dir=setup.cache_dir or scratch() / "cache",
         metric=setup.metrics[0] if setup.metrics else "",
         mode=setup.mode,
         checkpoint_every_s=setup.checkpoint_every_s,
         gpu_fraction=setup.gpu_fraction,
     )
-    reporter = RayReporter()
+    reporter = RayReporter(node)
     try:
         entry.load().fit(params, reporter)
     except Diverged as e:
@@ -139,6 +153,15 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     finally:
         if resume_from is not None:  # the trainer has read it; Ray keeps the checkpoint itself
             shutil.rmtree(resume_from, ignore_errors=True)
+
+
+def ray_node() -> dict[str, str]:
+    """The Ray node and host a trial runs on, as its run's tags."""
+    import socket
+
+    import ray
+
+    return {NODE_TAG: ray.get_runtime_context().get_node_id(), "sweep.host": socket.gethostname()}
 
 
 def sweep_dir(results: Path, name: str) -> Path:
@@ -168,16 +191,19 @@ def run_sweep(
     """Run (or with ``resume``, continue) the sweep. Every check that can refuse it (the sweep's folder,
     its data and weights, the tracking store, the cluster's resources) runs before a trial starts."""
     root = sweep_dir(results, spec.name)
-    tune_dir, state_file = root / "tune", root / "sweep.json"
+    place = storage.resolve(spec.storage, root, spec.name)
+    state_file = root / "sweep.json"
     if resume and not state_file.exists():
         raise SweepError(f"--resume: no sweep '{spec.name}' in {root}; run it without --resume first")
-    if not resume and tune_dir.exists():
-        raise SweepError(f"sweep '{spec.name}' already ran in {root}; continue it with --resume or rename it")
     saved = json.loads(state_file.read_text()) if resume else {}
     if resume and saved["spec_hash"] != spec.digest:
         raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
     if address:
         check_address(address)
+    if spec.storage.uri:
+        storage.check(place)
+    if not resume and place.exists("tune"):
+        raise SweepError(f"sweep '{spec.name}' already ran in {place.url}; continue it with --resume or rename it")
     sizes = (
         _resolve(spec.entry.preflight)(spec.dataset, spec.model, spec.weight_sources()) if spec.entry.preflight else {}
     )
@@ -192,7 +218,7 @@ def run_sweep(
     except Exception as e:  # nothing has started yet: refuse clearly rather than run untracked
         raise store.unreachable(uri, e) from None
     study_url = store.connect(study.storage_url(root, spec.tracking.study))
-    storage = _study_storage(study_url, spec.name, resume)
+    study_storage = _study_storage(study_url, spec.name, resume)
     start_ray(address, root / LOG_FILE)
     check_resources(spec)
     if address:
@@ -215,14 +241,20 @@ def run_sweep(
             "spec": spec.raw,
         }
         _atomic_json(state_file, record)
-    trainable = make_trainable(spec, root)
+    trainable = make_trainable(spec, place)
     if resume:
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            place.tune_path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=place.filesystem(),
+        )
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=_tune_config(spec, storage),
-            run_config=run_config(spec, root, uri, exp_id, parent_id, tags, dataset),
+            tune_config=_tune_config(spec, study_storage),
+            run_config=run_config(spec, root, place, uri, exp_id, parent_id, tags, dataset),
         )
     from sweep.tracking import INTERRUPTED, last_line
 
@@ -234,19 +266,20 @@ def run_sweep(
     return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
 
 
-def make_trainable(spec: Spec, root: Path) -> Any:
+def make_trainable(spec: Spec, place: storage.Storage) -> Any:
     """The Ray Tune trainable of the sweep's trials, with their share of the cluster."""
     from ray import tune
 
     setup = TrialSetup(
+        spec.name,
         spec.trainer,
         spec.dataset,
         spec.model,
         dict(spec.fixed),
         spec.seed,
         max(1, int(spec.resources.cpus_per_trial)),
-        root / "trials",
-        root / "cache",
+        place.trials_dir,
+        place.cache_dir,
         tuple(spec.metric.names),
         spec.metric.modes[0],
         # HyperBand pauses trials at each rung and continues them from their last checkpoint
@@ -371,9 +404,14 @@ def check_address(address: str) -> None:
             f"--address {address}: nothing answers there ({reason}); start the head with "
             f"`ray start --head --port {port}` or give the address `ray start --head` printed"
         ) from None
+    use_local_token()
+
+
+def use_local_token() -> None:
+    """Present the Ray token this machine has (what Ray does itself for ``auto``, and not for an explicit address
+    or a job server's URL)."""
     ray_env()
     if "RAY_AUTH_MODE" not in os.environ and auth_token_available():
-        # what Ray does itself for `auto` (and not for an explicit address): use the token this machine has
         try:
             from ray._private.authentication.authentication_token_setup import (
                 maybe_enable_token_auth_if_token_available,
@@ -494,6 +532,7 @@ def _context(spec: Spec, dataset: Mapping[str, Any]) -> dict[str, Any]:
 def run_config(
     spec: Spec,
     root: Path,
+    place: storage.Storage,
     uri: str,
     exp_id: str,
     parent_id: str,
@@ -502,7 +541,8 @@ def run_config(
     role: str = store.TRIAL,
     trials: int | None = None,
 ) -> Any:
-    """Where Ray Tune keeps the run (``tune/``; a re-run its own folder), its callbacks (MLflow, progress)."""
+    """Where Ray Tune keeps the run (``tune/`` in the sweep's storage; a re-run its own folder), its callbacks
+    (MLflow, progress; their files in the driver's ``root``)."""
     from ray import tune
 
     params = {
@@ -531,7 +571,8 @@ def run_config(
     ]
     return tune.RunConfig(
         name="tune" if role == store.TRIAL else f"{role}-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage_path=str(root),
+        storage_path=place.path,
+        storage_filesystem=place.filesystem(),
         callbacks=callbacks,
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -112,6 +112,34 @@ class TrackingSpec(_Block):
     for ``sweep sync``."""
 
 
+class StorageSpec(_Block):
+    uri: str | None = None
+    """Where Ray Tune keeps the sweep (its state and the trials' checkpoints) and the trials their work folders and
+    decoded-data cache: a path every node mounts (NFS) or an object store, ``s3://bucket/prefix`` (each node then
+    keeps its trials' folders and the decoded cache on its own disk). Default: the driver's ``results/<name>``,
+    which is all one machine needs. ``sweep run --storage URI`` sets it."""
+    endpoint: str | None = None
+    """An S3-compatible store's address (MinIO, Ceph, moto: ``http://host:9000``); default: the environment's
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, else AWS itself. Credentials come from each machine's
+    environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, an instance role), never from the spec."""
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri and "://" in uri and not uri.startswith(("s3://", "file://")):
+            raise ValueError("expected a path or s3://bucket/prefix")
+        if uri and uri.startswith("s3://") and not uri.removeprefix("s3://").strip("/"):
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        return uri
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, endpoint: str | None) -> str | None:
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise ValueError("expected http://host:port or https://host")
+        return endpoint
+
+
 class RawSpec(_Block):
     """The structure of the YAML file; trainer-specific blocks are checked by the trainer's schemas."""
 
@@ -128,8 +156,14 @@ class RawSpec(_Block):
     budget: BudgetSpec
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
     seed: int = 0
     """Seed of every trial's initialisation and data order, so trials differ only in their parameters."""
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage_uri(cls, value: Any) -> Any:
+        return {"uri": value} if isinstance(value, str) else value  # ``storage: s3://…`` alone
 
 
 @dataclass(frozen=True)
@@ -149,6 +183,7 @@ class Spec:
     budget: BudgetSpec
     resources: ResourcesSpec
     tracking: TrackingSpec
+    storage: StorageSpec
     seed: int
     source: str
     """Where the spec came from (a file path), for messages."""
@@ -437,6 +472,7 @@ def _build(raw: RawSpec, data: Mapping[str, Any], source: str) -> Spec:
         budget=raw.budget,
         resources=raw.resources,
         tracking=raw.tracking,
+        storage=raw.storage,
         seed=raw.seed,
         source=source,
         digest=digest,

@@ -11,6 +11,7 @@ parent and its unfinished trials KILLED, so nothing stays RUNNING; ``--resume`` 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -22,13 +23,16 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from sweep.journal import Journal, MlflowWriter
-from sweep.runner import flat_config
+from sweep.runner import NODE_TAG, flat_config
+from sweep.storage import best_files
 from sweep.store import STATE_TAG, STOP_REASON, client
 
 if TYPE_CHECKING:
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
+NODES_TAG = "sweep.nodes"
+"""Every Ray node a trial ran on, in order, once it moved (its first node died)."""
 INTERRUPTED = threading.Event()
 """Set by the first Ctrl-C or SIGTERM of a running sweep (Ray Tune then stops it, saving its state)."""
 
@@ -116,10 +120,11 @@ class MlflowCallback(Callback):
         self._best: dict[str, float] = {}
         self._improved: set[str] = set()
         self._open: set[str] = set()
+        self._nodes: dict[str, list[str]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into Ray's experiment state: keep configuration, not connections or caches.
-        return {**self.__dict__, "_journal": None, "_best": {}, "_improved": set(), "_open": set()}
+        return {**self.__dict__, "_journal": None, "_best": {}, "_improved": set(), "_open": set(), "_nodes": {}}
 
     def setup(
         self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
@@ -162,6 +167,11 @@ class MlflowCallback(Callback):
         ts = int(result.get("timestamp", time.time()) * 1000)
         self._submit(trials, trial, "metrics", step=step, ts=ts, values=_scalar_metrics(result))
         facts = {k.removeprefix("info/"): str(v) for k, v in result.items() if k.startswith("info/")}
+        node = facts.get(NODE_TAG)
+        if node and node not in self._nodes.setdefault(trial.trial_id, []):
+            self._nodes[trial.trial_id].append(node)
+            if len(self._nodes[trial.trial_id]) > 1:  # retried on another node (the first one died)
+                facts[NODES_TAG] = ",".join(self._nodes[trial.trial_id])
         if facts:
             self._submit(trials, trial, "tags", tags=facts)
         value = result.get(self.metric)
@@ -174,13 +184,18 @@ class MlflowCallback(Callback):
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any
     ) -> None:
-        # best.pt and the trainer's other best_* files (a detector's per-class AP table)
-        files = sorted(Path(checkpoint.path).glob("best*"))
-        if trial.trial_id in self._improved and files:
-            step = int((trial.last_result or {}).get("epoch", 0))
-            for file in files:
-                self._submit(trials, trial, "artifact", path=str(file), artifact_path="checkpoints", step=step)
+        # best.pt and the trainer's other best_* files (a detector's per-class AP table); from an object store
+        # they come down to the driver first, and the journal keeps its own link to each until it is written
+        if trial.trial_id not in self._improved:
+            return
+        downloads = self.journal_path.parent / "downloads" / trial.trial_id
+        files = best_files(checkpoint, downloads)
+        step = int((trial.last_result or {}).get("epoch", 0))
+        for file in files:
+            self._submit(trials, trial, "artifact", path=str(file), artifact_path="checkpoints", step=step)
+        if files:
             self._improved.discard(trial.trial_id)
+        shutil.rmtree(downloads.parent, ignore_errors=True)  # one checkpoint at a time: the event loop is ours
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # The worker died or raised; Ray restarts the trial from its last checkpoint, in the same run.

@@ -1,119 +1,364 @@
-"""A driver joining a Ray cluster by the head's HOST:PORT, as one on another machine does, with Ray 2.60's token
-authentication (``ray start --head`` turns it on and writes ``~/.ray/auth_token``). The head is started and stopped
-here, with its own home folder (its token) and temp folder."""
+"""A team's cluster on this machine, as a lab runs it across machines: a Ray head and a second node (``ray start
+--address``, its own CPUs, temp folder and scratch disk) with Ray 2.60's token authentication, an S3-compatible
+object store (moto's server) for Ray Tune's storage, and MLflow's basic-auth tracking server on PostgreSQL. Every
+server is started and stopped here, on 127.0.0.1. The drivers reach the head by HOST:PORT (or its job server's
+URL), as a driver on another machine does; the trials never see the driver's ``results/``."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+from sweep import store
+from sweep.export import load_table
 from tests.sweep.conftest import ROOT
-from tests.sweep.test_tracking_server import free_port
+from tests.sweep.test_tracking_server import free_port, tracking_server
 
-RAY = str(Path(sys.executable).parent / "ray")
-DEMO = str(ROOT / "search_spaces" / "demo.yaml")
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+DEMO = ROOT / "search_spaces" / "demo.yaml"
+PASSWORD = "s3cret-Pa55word-only-in-the-environment"
+AWS = {
+    "AWS_ACCESS_KEY_ID": "sweep-test",
+    "AWS_SECRET_ACCESS_KEY": "aws-s3cret-key-in-the-env",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+BUCKET = "sweeps"
 SMALL = [
-    "budget.trials=2",
     "budget.max_concurrent=2",
-    "fixed.epochs=1",
+    "fixed.batch_size=128",
     "dataset.image_size=12",
     "model.arch=small_cnn",
+    "scheduler.name=fifo",
+    "budget.checkpoint_every_s=0",
 ]
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A Ray head on 127.0.0.1 (3 CPUs: this machine has 2, so a sweep that joined it says 3) and the home folder
-    holding its token."""
-    home = tmp_path_factory.mktemp("head-home")
-    temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's socket paths live under it
-    port = free_port()
-    env = {**os.environ, "HOME": str(home)}
-    # a head that has a token (here generated; on a workstation, left by an earlier local ray.init) turns Ray's
-    # token authentication on, and a driver given its address must present that token
-    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=3",
-            "--include-dashboard=false",
-            f"--temp-dir={temp}",
-            "--block",
-        ],
+def wait_for(check, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered (a token-protected route says 401)
+    except OSError:
+        return False
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Cluster:
+    port: int
+    jobs_url: str
+    env: dict[str, str]
+    """A driver's environment: the head's token in its home, the tracking and object-store credentials."""
+    scratch: dict[str, Path]
+    """Each node's own disk (``SWEEP_SCRATCH``): ``head`` and ``node2``."""
+    node_ids: dict[str, str]
+    endpoint: str
+    tracking_url: str
+    artifact_store: Path
+    procs: dict[str, subprocess.Popen]
+
+    def kill(self, node: str) -> None:
+        os.killpg(self.procs[node].pid, signal.SIGKILL)  # the node's raylet, object store and workers: kill -9
+
+
+def ray_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "ray"), "start", *args, "--block"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    home = base / "home"
+    home.mkdir()
+    procs: dict[str, subprocess.Popen] = {}
+    s3_port = free_port()
+    procs["moto"] = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    env = {
+        **os.environ,
+        **AWS,
+        "HOME": str(home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+        "RAY_health_check_period_ms": "500",  # a killed node is declared dead in ~2 s, not ~15 s
+        "RAY_health_check_failure_threshold": "4",
+    }
+    # a head that has a token turns Ray's token authentication on; every other node and driver must present it
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    scratch = {n: base / f"scratch-{n}" for n in ("head", "node2")}
+    temps = [tempfile.mkdtemp(prefix=f"ray{n}", dir="/tmp") for n in ("h", "n")]  # short: socket paths
+    port, dash = free_port(), free_port()
+    with tracking_server(base / "artifact-store", PASSWORD) as server:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    time.sleep(2)  # the raylet registers after the GCS answers
-    yield port, home
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+            wait_for(lambda: listening(s3_port), "moto")
+            import boto3
+
+            boto3.client(
+                "s3", endpoint_url=endpoint, **{k.lower(): v for k, v in AWS.items() if "KEY" in k}
+            ).create_bucket(Bucket=BUCKET)
+            head_args = [
+                "--head",
+                f"--port={port}",
+                "--num-cpus=1",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--temp-dir={temps[0]}",
+            ]
+            procs["head"] = ray_start(head_args, {**env, "SWEEP_SCRATCH": str(scratch["head"])})
+            wait_for(lambda: listening(port) and answers(f"http://127.0.0.1:{dash}/api/version"), "the Ray head")
+            node_args = [f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temps[1]}"]
+            node_env = {**env, "SWEEP_SCRATCH": str(scratch["node2"]), "RAY_AUTH_MODE": "token"}
+            procs["node2"] = ray_start(node_args, node_env)
+            nodes = node_list(port, env)
+            yield Cluster(
+                port,
+                f"http://127.0.0.1:{dash}",
+                env,
+                scratch,
+                nodes,
+                endpoint,
+                server.url,
+                server.store,
+                procs,
+            )
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+            for temp in temps:
+                shutil.rmtree(temp, ignore_errors=True)
 
 
-def sweep(home: Path, cwd: Path, address: str, name: str) -> tuple[int, str, str, float]:
-    start = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sweep",
-            "run",
-            DEMO,
-            "--address",
-            address,
-            "--set",
-            f"name={name}",
-            *[a for s in SMALL for a in ("--set", s)],
-        ],
+def node_list(port: int, env: dict[str, str]) -> dict[str, str]:
+    """Once both nodes joined: their ids by role."""
+    probe = (
+        "import json, time, ray\n"
+        f"ray.init(address='127.0.0.1:{port}', logging_level='ERROR')\n"
+        "for _ in range(120):\n"
+        "    alive = [n for n in ray.nodes() if n['Alive']]\n"
+        "    if len(alive) == 2: break\n"
+        "    time.sleep(0.5)\n"
+        "print(json.dumps({('head' if 'node:__internal_head__' in n['Resources'] else 'node2'): n['NodeID']"
+        " for n in alive}))\n"
+    )
+    env = {**env, "RAY_AUTH_MODE": "token"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    nodes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(nodes) == {"head", "node2"}, done.stdout + done.stderr
+    return nodes
+
+
+def sweep(cluster: Cluster, cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "sweep", *args],
         cwd=cwd,
-        env={**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)},
+        env=env or cluster.env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    return done.returncode, done.stdout, done.stderr, time.monotonic() - start
 
 
-def test_a_sweep_joins_the_head_by_host_and_port_with_its_token(head, tmp_path: Path) -> None:
-    port, home = head
-    assert (home / ".ray" / "auth_token").is_file()
-    code, out, err, _ = sweep(home, tmp_path, f"127.0.0.1:{port}", "joined")
-    assert code == 0, err
-    assert f"joined the Ray cluster at 127.0.0.1:{port}: 1 node, 3 CPUs" in out  # the head's, not a new local one
-    assert "2 trials · 2 completed" in out, out
+def overrides(*extra: str) -> list[str]:
+    return [a for o in [*SMALL, *extra] for a in ("--set", o)]
 
 
-def test_refused_connections_are_one_line_and_quick(head, tmp_path: Path) -> None:
-    port, _ = head
+def test_refusals_are_one_line_and_start_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    """A wrong port, a driver without the head's token, an object store that is not there (or has no such bucket),
+    a wrong tracking password: each is one line and exit 2, before any trial."""
     stranger = tmp_path / "no-token-home"
     stranger.mkdir()
-    code, _, err, took = sweep(stranger, tmp_path, f"127.0.0.1:{port}", "no-token")
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    assert (
-        f"--address 127.0.0.1:{port}" in err and "auth_token" in err and took < 60
-    )  # Ray alone: 20 s, then a traceback
-    code, _, err, took = sweep(stranger, tmp_path, f"127.0.0.1:{free_port()}", "no-head")
-    assert code == 2 and err.count("\n") == 1 and "nothing answers there" in err and "ray start --head" in err, err
-    assert not (tmp_path / "results" / "no-head").exists()  # refused before anything was written
+    cases = [
+        ("--address", f"127.0.0.1:{free_port()}"),
+        ("--address", f"127.0.0.1:{cluster.port}"),
+        ("--storage", f"s3://{BUCKET}/x", "--set", f"storage.endpoint=http://127.0.0.1:{free_port()}"),
+        ("--storage", "s3://no-such-bucket/x", "--set", f"storage.endpoint={cluster.endpoint}"),
+        ("--set", f"tracking.uri={cluster.tracking_url}"),
+    ]
+    expected = [
+        "nothing answers there",
+        "auth_token",
+        "cannot reach the object store",
+        "bucket 'no-such-bucket' does not exist",
+        "refused the credentials",
+    ]
+    for i, (case, words) in enumerate(zip(cases, expected, strict=True)):
+        env = {**cluster.env, "HOME": str(stranger)} if i == 1 else cluster.env
+        if i == 4:
+            env = {**env, "MLFLOW_TRACKING_PASSWORD": "wrong-password"}
+        done = sweep(cluster, tmp_path, "run", str(DEMO), *case, *overrides(f"name=refused{i}"), env=env)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, (case, done.stderr)
+        assert "Traceback" not in done.stderr and not (tmp_path / "results" / f"refused{i}" / "tune").exists()
+
+
+def runs(cluster: Cluster, name: str) -> list:
+    os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD})
+    mlflow = store.client(cluster.tracking_url)
+    exp = mlflow.get_experiment_by_name(name)
+    return mlflow.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_submit_runs_a_sweep_on_the_cluster_and_stop_ends_one_resumably(cluster: Cluster, tmp_path: Path) -> None:
+    """``sweep submit`` uploads the folder with the spec; the driver runs on the head (its records in
+    ``--cluster-results`` there). ``sweep stop`` ends a job mid-trial: nothing left RUNNING, and ``sweep submit
+    --resume`` finishes it."""
+    shutil.copy(DEMO, tmp_path / "demo.yaml")
+    common = [
+        "--address",
+        cluster.jobs_url,
+        "--cluster-results",
+        str(tmp_path / "on-the-cluster"),
+        "--storage",
+        f"s3://{BUCKET}/jobs",
+        "--set",
+        f"storage.endpoint={cluster.endpoint}",
+        "--set",
+        f"tracking.uri={cluster.tracking_url}",
+    ]
+    done = sweep(
+        cluster, tmp_path, "submit", "demo.yaml", *common, *overrides("name=job-a", "budget.trials=2", "fixed.epochs=2")
+    )
+    assert done.returncode == 0 and "submitted job-a-" in done.stdout, done.stdout + done.stderr
+    job = done.stdout.split()[1]
+    follow = sweep(cluster, tmp_path, "logs", job, "--address", cluster.jobs_url, "--follow")
+    assert follow.returncode == 0, follow.stdout[-3000:] + follow.stderr
+    assert "joined the Ray cluster at auto: 2 nodes" in follow.stdout, follow.stdout[-3000:]
+    assert "2 trials · 2 completed" in follow.stdout, follow.stdout[-3000:]
+    listed = sweep(cluster, tmp_path, "jobs", "--address", cluster.jobs_url)
+    assert job in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
+    assert not (tmp_path / "results").exists()  # the driver ran on the cluster, not here
+
+    long = overrides("name=job-b", "budget.trials=2", "fixed.epochs=30", "dataset.image_size=16")
+    done = sweep(cluster, tmp_path, "submit", "demo.yaml", *common, *long)
+    assert done.returncode == 0, done.stderr
+
+    def training() -> bool:
+        return any(
+            r.data.metrics.get("val_top1") is not None
+            for r in runs(cluster, "job-b")
+            if "sweep.trial_id" in r.data.tags
+        )
+
+    wait_for(training, "a trial of job-b to report an epoch", 180)
+    stopped = sweep(cluster, tmp_path, "stop", "job-b", "--address", cluster.jobs_url)
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    states = {r.info.run_name: r.info.status for r in runs(cluster, "job-b")}
+    assert states and "RUNNING" not in states.values(), states
+    assert "KILLED" in states.values(), states
+
+    done = sweep(cluster, tmp_path, "submit", "demo.yaml", "--resume", *common, *long)
+    assert done.returncode == 0, done.stderr
+    follow = sweep(cluster, tmp_path, "logs", "job-b", "--address", cluster.jobs_url, "--follow")
+    assert follow.returncode == 0 and "2 trials · 2 completed" in follow.stdout, follow.stdout[-3000:]
+
+
+def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Path) -> None:
+    """Trials on both nodes, checkpoints in the object store, records on the authenticated server; the second
+    node is killed (-9) mid-trial and its trial goes on from its last checkpoint on the head."""
+    name = "two-nodes"
+    args = ["run", str(DEMO), "--address", f"127.0.0.1:{cluster.port}", "--storage", f"s3://{BUCKET}/team"]
+    args += overrides(
+        f"name={name}",
+        "budget.trials=3",
+        "fixed.epochs=12",
+        "dataset.image_size=16",
+        f"storage.endpoint={cluster.endpoint}",
+        f"tracking.uri={cluster.tracking_url}",
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sweep", *args, "--results", str(tmp_path / "results")],
+        cwd=tmp_path,
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=cluster.endpoint, **{k.lower(): v for k, v in AWS.items() if "KEY" in k})
+    node_trials = cluster.scratch["node2"] / name / "trials"
+
+    def checkpointed_on_node2() -> bool:
+        assert driver.poll() is None, driver.stdout.read()
+        started = [p.name for p in node_trials.glob("*")] if node_trials.exists() else []
+        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"team/{name}/tune/").get("Contents", [])
+        return any(f"/tune/{t}/checkpoint_" in o["Key"] for t in started for o in listed)
+
+    wait_for(checkpointed_on_node2, "a checkpoint of a trial on the second node", 180)
+    moved = next(p.name for p in node_trials.glob("*"))
+    cluster.kill("node2")
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out[-4000:]
+    assert f"joined the Ray cluster at 127.0.0.1:{cluster.port}: 2 nodes, 2 CPUs" in out
+    assert "3 trials · 3 completed" in out, out[-3000:]
+    assert PASSWORD not in out and AWS["AWS_SECRET_ACCESS_KEY"] not in out
+
+    # the trials kept nothing in the driver's results/: their folders are on the nodes, their state in the store
+    kept = {p.name for p in (tmp_path / "results" / name).iterdir()}
+    assert not kept & {"tune", "trials", "cache"} and "sweep.json" in kept, kept
+    assert (cluster.scratch["head"] / name / "trials" / moved).is_dir()  # where it went on
+    for path in (tmp_path / "results").rglob("*"):
+        assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path
+
+    table = load_table(name, cluster.tracking_url)
+    assert len(table.frame) == 3 and table.frame["val_top1"].notna().all()
+    mlflow = store.client(cluster.tracking_url)
+    trials = {r.data.tags["sweep.trial_id"]: r for r in runs(cluster, name) if "sweep.trial_id" in r.data.tags}
+    assert len(trials) == 3
+    run = trials[moved]
+    assert run.data.tags["sweep.retries"] == "1" and int(run.data.tags["sweep.resumed_after_epoch"]) >= 1
+    assert run.data.tags["sweep.nodes"] == f"{cluster.node_ids['node2']},{cluster.node_ids['head']}"  # both nodes
+    assert {r.data.tags["sweep.node_id"] for r in trials.values()} == {cluster.node_ids["head"]}
+    for r in trials.values():
+        assert r.info.status == "FINISHED" and r.data.tags["sweep.state"] == "completed"
+        assert PASSWORD not in str(r.data.params) + str(r.data.tags)
+        assert {m.step for m in mlflow.get_metric_history(r.info.run_id, "val_top1")} == set(range(1, 13))
+    best = mlflow.download_artifacts(trials[moved].info.run_id, "checkpoints/best.pt", str(tmp_path))
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    assert state  # the best weights, read back through the tracking server
+    assert list(cluster.artifact_store.rglob("best.pt"))
