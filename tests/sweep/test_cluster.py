@@ -243,58 +243,51 @@ def runs(cluster: Cluster, name: str) -> list:
     return mlflow.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_submit_runs_a_sweep_on_the_cluster_and_stop_ends_one_resumably(cluster: Cluster, tmp_path: Path) -> None:
+def test_submit_runs_a_sweep_on_the_cluster_stop_ends_it_and_resume_finishes(cluster: Cluster, tmp_path: Path) -> None:
     """``sweep submit`` uploads the folder with the spec; the driver runs on the head (its records in
-    ``--cluster-results`` there). ``sweep stop`` ends a job mid-trial: nothing left RUNNING, and ``sweep submit
-    --resume`` finishes it."""
+    ``--cluster-results`` there). ``sweep stop`` ends the job mid-trial with no run left RUNNING, and ``sweep submit
+    --resume`` runs the sweep to completion."""
     shutil.copy(DEMO, tmp_path / "demo.yaml")
-    common = [
-        "--address",
-        cluster.jobs_url,
+    jobs = ["--address", cluster.jobs_url]
+    args = [
+        "demo.yaml",
+        *jobs,
         "--cluster-results",
         str(tmp_path / "on-the-cluster"),
         "--storage",
         f"s3://{BUCKET}/jobs",
-        "--set",
-        f"storage.endpoint={cluster.endpoint}",
-        "--set",
-        f"tracking.uri={cluster.tracking_url}",
     ]
-    done = sweep(
-        cluster, tmp_path, "submit", "demo.yaml", *common, *overrides("name=job-a", "budget.trials=2", "fixed.epochs=2")
+    args += overrides(
+        "name=job",
+        "budget.trials=2",
+        "fixed.epochs=16",
+        f"storage.endpoint={cluster.endpoint}",
+        f"tracking.uri={cluster.tracking_url}",
     )
-    assert done.returncode == 0 and "submitted job-a-" in done.stdout, done.stdout + done.stderr
-    job = done.stdout.split()[1]
-    follow = sweep(cluster, tmp_path, "logs", job, "--address", cluster.jobs_url, "--follow")
+    done = sweep(cluster, tmp_path, "submit", *args)
+    assert done.returncode == 0 and "submitted job-" in done.stdout, done.stdout + done.stderr
+    first = done.stdout.split()[1]
+
+    def training() -> bool:
+        trials = [r for r in runs(cluster, "job") if "sweep.trial_id" in r.data.tags]
+        return any(r.data.metrics.get("val_top1") is not None for r in trials)
+
+    wait_for(training, "a trial of the job to report an epoch", 180)
+    stopped = sweep(cluster, tmp_path, "stop", "job", *jobs)
+    assert stopped.returncode == 0 and f"{first}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    states = {r.info.run_name: r.info.status for r in runs(cluster, "job")}
+    assert "RUNNING" not in states.values() and "KILLED" in states.values(), states
+
+    done = sweep(cluster, tmp_path, "submit", "--resume", *args)
+    assert done.returncode == 0, done.stderr
+    follow = sweep(cluster, tmp_path, "logs", "job", *jobs, "--follow")  # the sweep's latest job
     assert follow.returncode == 0, follow.stdout[-3000:] + follow.stderr
     assert "joined the Ray cluster at auto: 2 nodes" in follow.stdout, follow.stdout[-3000:]
     assert "2 trials · 2 completed" in follow.stdout, follow.stdout[-3000:]
-    listed = sweep(cluster, tmp_path, "jobs", "--address", cluster.jobs_url)
-    assert job in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
+    listed = sweep(cluster, tmp_path, "jobs", *jobs)
+    assert f"{first} | job     | STOPPED" in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
     assert not (tmp_path / "results").exists()  # the driver ran on the cluster, not here
-
-    long = overrides("name=job-b", "budget.trials=2", "fixed.epochs=30", "dataset.image_size=16")
-    done = sweep(cluster, tmp_path, "submit", "demo.yaml", *common, *long)
-    assert done.returncode == 0, done.stderr
-
-    def training() -> bool:
-        return any(
-            r.data.metrics.get("val_top1") is not None
-            for r in runs(cluster, "job-b")
-            if "sweep.trial_id" in r.data.tags
-        )
-
-    wait_for(training, "a trial of job-b to report an epoch", 180)
-    stopped = sweep(cluster, tmp_path, "stop", "job-b", "--address", cluster.jobs_url)
-    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
-    states = {r.info.run_name: r.info.status for r in runs(cluster, "job-b")}
-    assert states and "RUNNING" not in states.values(), states
-    assert "KILLED" in states.values(), states
-
-    done = sweep(cluster, tmp_path, "submit", "demo.yaml", "--resume", *common, *long)
-    assert done.returncode == 0, done.stderr
-    follow = sweep(cluster, tmp_path, "logs", "job-b", "--address", cluster.jobs_url, "--follow")
-    assert follow.returncode == 0 and "2 trials · 2 completed" in follow.stdout, follow.stdout[-3000:]
+    assert (tmp_path / "on-the-cluster" / "job" / "sweep.json").exists()
 
 
 def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Path) -> None:
