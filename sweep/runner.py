@@ -405,6 +405,19 @@ def check_address(address: str) -> None:
             f"`ray start --head --port {port}` or give the address `ray start --head` printed"
         ) from None
     use_local_token()
+    from ray._raylet import GcsClient
+
+    try:
+        with _stderr_into(Path(os.devnull)):  # its C++ retry lines
+            GcsClient(address=address)  # answers in a moment where ray.init retries for 20 s
+    except Exception as e:
+        if "auth" not in f"{type(e).__name__} {e}".lower():
+            return  # anything else: ray.init says it, in one line too
+        have = "the token this machine has is not the head's" if auth_token_available() else "this machine has none"
+        raise SweepError(
+            f"--address {address}: the Ray head wants its cluster token and {have}; copy the head's "
+            "~/.ray/auth_token to this machine or set RAY_AUTH_TOKEN"
+        ) from None
 
 
 def use_local_token() -> None:

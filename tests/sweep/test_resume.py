@@ -1,4 +1,4 @@
-"""Kill -9 the driver mid-sweep; ``sweep run --resume`` finishes it with exactly budget.trials trials."""
+"""Ctrl-C and kill -9 of the driver mid-sweep; ``sweep run --resume`` finishes it with exactly budget.trials trials."""
 
 import os
 import signal
@@ -37,41 +37,63 @@ def kill_tree(proc: subprocess.Popen) -> None:
     subprocess.run(["pkill", "-9", "-f", f"ray.*{proc.pid}"], check=False)
 
 
-def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    uri = store.resolve_uri(None, tmp_path)
-    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the child process writes it until killed)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS],
+def start(tmp_path: Path, *extra: str, log: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, *extra],
         cwd=tmp_path,
-        env=env,
-        stdout=log,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=open(tmp_path / log, "w"),  # noqa: SIM115 (the child writes it until it ends)
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def wait_finished(proc: subprocess.Popen, uri: str, tmp_path: Path, at_least: int, log: str) -> None:
     deadline = time.monotonic() + 240
-    while finished(uri, "digits-demo", tmp_path) < 1:
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()
+    while finished(uri, "digits-demo", tmp_path) < at_least:
+        assert proc.poll() is None, (tmp_path / log).read_text()[-3000:]
         assert time.monotonic() < deadline, "the sweep made no progress"
-        time.sleep(1)
+        time.sleep(0.5)
+
+
+def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it): Ray Tune stops and saves the sweep,
+    the parent and the interrupted trials end KILLED, exit 130. ``--resume``; then the resumed driver is killed
+    with -9 mid-sweep; ``--resume`` again finishes with exactly budget.trials trials, nothing run twice."""
+    uri = store.resolve_uri(None, tmp_path)
+    proc = start(tmp_path, log="first.log")
+    wait_finished(proc, uri, tmp_path, 1, "first.log")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    out = (tmp_path / "first.log").read_text()
+    assert "continue with: sweep run" in out and "--resume" in out and "Traceback" not in out
+
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name("digits-demo")
+    runs = mlflow.search_runs([exp.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    assert parent.info.status == "KILLED"
+    interrupted = [r for r in runs if r.data.tags.get("sweep.state") == "interrupted"]
+    assert all(r.info.status == "KILLED" for r in interrupted)
+
+    before = finished(uri, "digits-demo", tmp_path)
+    proc = start(tmp_path, "--resume", log="second.log")
+    wait_finished(proc, uri, tmp_path, before + 1, "second.log")
     kill_tree(proc)
-    done_before = finished(uri, "digits-demo", tmp_path)
-    assert done_before < TRIALS
+    assert finished(uri, "digits-demo", tmp_path) < TRIALS
 
     resumed = subprocess.run(
         [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"],
         cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
-    mlflow = store.client(uri)
-    exp = mlflow.get_experiment_by_name("digits-demo")
     parents = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     runs = store.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
     live = [r for r in runs if r.data.tags.get("sweep.state") != "orphaned"]
     assert len(live) == TRIALS, [(r.data.tags.get("sweep.trial_id"), r.data.tags.get("sweep.state")) for r in runs]
@@ -100,49 +122,3 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         for r in live
     }
     assert {t.user_attrs["sweep.trial_id"]: t.value for t in done} == pytest.approx(best)
-
-
-def test_ctrl_c_exits_130_leaves_nothing_running_and_resume_finishes(tmp_path: Path) -> None:
-    """SIGINT to the whole foreground group, as a terminal's Ctrl-C sends it: Ray Tune stops and saves the
-    sweep, the parent and the interrupted trials end KILLED, exit 130; --resume finishes the budget."""
-    uri = store.resolve_uri(None, tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 240
-    while finished(uri, "digits-demo", tmp_path) < 1:
-        assert proc.poll() is None and time.monotonic() < deadline, "the sweep made no progress"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-3000:]
-    assert "continue with: sweep run" in out and "--resume" in out and "Traceback" not in out
-
-    mlflow = store.client(uri)
-    exp = mlflow.get_experiment_by_name("digits-demo")
-    runs = mlflow.search_runs([exp.experiment_id])
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
-    assert parent.info.status == "KILLED"
-    interrupted = [r for r in runs if r.data.tags.get("sweep.state") == "interrupted"]
-    assert all(r.info.status == "KILLED" for r in interrupted)
-
-    resumed = subprocess.run(
-        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
-    trials = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
-    live = [r for r in trials if r.data.tags.get("sweep.state") != "orphaned"]
-    assert parent.info.status == "FINISHED" and len(live) == TRIALS
-    assert all(r.info.status == "FINISHED" for r in live)
