@@ -288,11 +288,27 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _tensorboard(args: argparse.Namespace) -> int:
+    import json
+
     from sweep.serve import serve, tool
+    from sweep.spec import StorageSpec
+    from sweep.storage import resolve
 
     logdir = Path(args.results) / args.name  # tune/ (the metrics) and trials/*/tb (histograms, when asked)
     if not logdir.is_dir():
         raise SweepError(f"no sweep '{args.name}' in {args.results} (no {logdir})")
+    record = logdir / "sweep.json"
+    storage = json.loads(record.read_text())["spec"].get("storage") if record.exists() else None
+    if storage:  # Ray Tune's folders are in the sweep's storage
+        place = resolve(
+            StorageSpec.model_validate({"uri": storage} if isinstance(storage, str) else storage), logdir, args.name
+        )
+        if place.remote:
+            raise SweepError(
+                f"sweep '{args.name}' keeps its Ray Tune folders in {place.url}; TensorBoard reads local folders "
+                "(copy them down, e.g. `aws s3 sync`), and every metric is in MLflow (`sweep ui`)"
+            )
+        logdir = Path(place.path)
     url = _free_url(args.host, args.port)
     cmd = [tool("tensorboard"), "--logdir", str(logdir), "--host", args.host, "--port", str(args.port)]
     return serve(cmd, f"{url}/data/environment", url, "TensorBoard")

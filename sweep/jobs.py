@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from sweep.errors import SweepError
 from sweep.spec import Spec
@@ -44,6 +45,8 @@ UPLOAD_EXCLUDES = [
     "*.pth",
 ]
 """What the job's upload leaves out: the cluster has its own data, environment and results."""
+AGENT_WAIT_S = 60
+"""How long ``submit`` retries a head whose job agent is still starting (right after ``ray start --head``)."""
 STOP_GRACE_S = 120
 """How long Ray waits after ``sweep stop``'s SIGTERM before it kills the driver (its default is 3 s, too short for
 Ray Tune to stop the trials and save its state)."""
@@ -123,6 +126,11 @@ def submit(
             "tracking.uri: a submitted sweep runs on the cluster, where the default ./mlruns.db would stay in the "
             "job's temporary folder; give the team's tracking server (http://…) or an absolute path on the cluster"
         )
+    if "@" in urlparse(uri).netloc:
+        raise SweepError(
+            "tracking.uri: holds credentials, which a job's command and files show to everyone with the dashboard; "
+            "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the cluster's environment instead"
+        )
     workdir = workdir.resolve()
     try:
         relative = spec_path.resolve().relative_to(workdir)
@@ -139,17 +147,23 @@ def submit(
         "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), "PYTHONUNBUFFERED": "1"},
     }
     metadata = {"sweep": spec.name, "spec": str(relative), "user": getpass.getuser(), "resume": str(resume).lower()}
-    try:
-        return str(
-            client.submit_job(
-                entrypoint=entrypoint(str(relative), overrides, resume, results),
-                submission_id=name,
-                runtime_env=runtime_env,
-                metadata=metadata,
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return str(
+                client.submit_job(
+                    entrypoint=entrypoint(str(relative), overrides, resume, results),
+                    submission_id=name,
+                    runtime_env=runtime_env,
+                    metadata=metadata,
+                )
             )
-        )
-    except Exception as e:
-        raise SweepError(f"submit: the job server refused the job: {str(e).strip().splitlines()[0][:300]}") from None
+        except Exception as e:
+            text = str(e).strip().splitlines()[0][:300]
+            if "No available agent" in text and time.monotonic() < deadline:
+                time.sleep(1)  # a head that just started: its dashboard agent is still coming up
+                continue
+            raise SweepError(f"submit: the job server refused the job: {text}") from None
 
 
 def _when(ms: int | None) -> str:

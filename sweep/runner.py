@@ -405,14 +405,17 @@ def check_address(address: str) -> None:
             f"`ray start --head --port {port}` or give the address `ray start --head` printed"
         ) from None
     use_local_token()
-    from ray._raylet import GcsClient
+    import subprocess
 
+    # Ray's GCS client answers in a moment where ray.init retries for 20 s; in a child process, because on some
+    # failures Ray's native code ends the process it runs in
+    probe = f"from ray._raylet import GcsClient; GcsClient(address={address!r})"
     try:
-        with _stderr_into(Path(os.devnull)):  # its C++ retry lines
-            GcsClient(address=address)  # answers in a moment where ray.init retries for 20 s
-    except Exception as e:
-        if "auth" not in f"{type(e).__name__} {e}".lower():
-            return  # anything else: ray.init says it, in one line too
+        env = {**os.environ, **({"RAY_AUTH_MODE": "token"} if auth_token_available() else {})}
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, env=env)
+    except subprocess.TimeoutExpired:
+        return  # ray.init says what is wrong, in one line too
+    if done.returncode != 0 and ("InvalidAuthToken" in done.stderr or "AuthenticationError" in done.stderr):
         have = "the token this machine has is not the head's" if auth_token_available() else "this machine has none"
         raise SweepError(
             f"--address {address}: the Ray head wants its cluster token and {have}; copy the head's "

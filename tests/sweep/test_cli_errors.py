@@ -135,3 +135,28 @@ def test_commands_that_read_the_store_do_not_import_ray(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[2, 2, 0] False", done.stdout + done.stderr
+
+
+def test_storage_and_cluster_jobs_that_cannot_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Refused here in one line, before anything is uploaded or started: a storage URI of an unknown kind, a
+    submitted sweep whose tracking would stay in the job's temporary folder or shows a password, a spec outside the
+    uploaded folder, a job server that is not there; a local shared storage path that cannot be written."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "demo.yaml"
+    spec.write_text(Path(DEMO).read_text())
+    cases = [
+        (("run", DEMO, "--storage", "gs://bucket/x"), "storage.uri: expected a path or s3://bucket/prefix"),
+        (("run", DEMO, "--storage", "/proc/no/such"), "storage /proc/no/such/digits-demo: cannot write there"),
+        (("submit", "demo.yaml"), "tracking.uri: a submitted sweep runs on the cluster"),
+        (("submit", "demo.yaml", "--set", "tracking.uri=http://me:pw@mlflow:5000"), "holds credentials"),
+        (("submit", DEMO, "--set", "tracking.uri=http://mlflow:5000"), "must be inside the current folder"),
+        (
+            ("submit", "demo.yaml", "--set", "tracking.uri=http://mlflow:5000", "--address", "http://127.0.0.1:9"),
+            "no Ray job server answers there",
+        ),
+        (("jobs", "--address", "127.0.0.1:6379"), "expected the head's job server, http://HEAD:8265"),
+    ]
+    for argv, words in cases:
+        code, out, err = sweep(capsys, *argv)
+        assert code == 2 and words in one_line(err), (argv, err)
+    assert not (tmp_path / "results").exists()

@@ -199,6 +199,13 @@ def overrides(*extra: str) -> list[str]:
     return [a for o in [*SMALL, *extra] for a in ("--set", o)]
 
 
+@pytest.fixture(autouse=True)
+def tracking_login(monkeypatch) -> None:
+    """This process reads the tracking server back as the team's user."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+
+
 def test_refusals_are_one_line_and_start_nothing(cluster: Cluster, tmp_path: Path) -> None:
     """A wrong port, a driver without the head's token, an object store that is not there (or has no such bucket),
     a wrong tracking password: each is one line and exit 2, before any trial."""
@@ -228,7 +235,6 @@ def test_refusals_are_one_line_and_start_nothing(cluster: Cluster, tmp_path: Pat
 
 
 def runs(cluster: Cluster, name: str) -> list:
-    os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD})
     mlflow = store.client(cluster.tracking_url)
     exp = mlflow.get_experiment_by_name(name)
     return mlflow.search_runs([exp.experiment_id]) if exp else []
