@@ -294,9 +294,8 @@ def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Pa
     args = ["run", str(DEMO), "--address", f"127.0.0.1:{cluster.port}", "--storage", f"s3://{BUCKET}/team"]
     args += overrides(
         f"name={name}",
-        "budget.trials=3",
+        "budget.trials=2",
         "fixed.epochs=12",
-        "dataset.image_size=16",
         f"storage.endpoint={cluster.endpoint}",
         f"tracking.uri={cluster.tracking_url}",
     )
@@ -325,7 +324,7 @@ def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Pa
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out[-4000:]
     assert f"joined the Ray cluster at 127.0.0.1:{cluster.port}: 2 nodes, 2 CPUs" in out
-    assert "3 trials · 3 completed" in out, out[-3000:]
+    assert "2 trials · 2 completed" in out, out[-3000:]
     assert PASSWORD not in out and AWS["AWS_SECRET_ACCESS_KEY"] not in out
 
     # the trials kept nothing in the driver's results/: their folders are on the nodes, their state in the store
@@ -336,10 +335,10 @@ def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Pa
         assert not path.is_file() or PASSWORD.encode() not in path.read_bytes(), path
 
     table = load_table(name, cluster.tracking_url)
-    assert len(table.frame) == 3 and table.frame["val_top1"].notna().all()
+    assert len(table.frame) == 2 and table.frame["val_top1"].notna().all()
     mlflow = store.client(cluster.tracking_url)
     trials = {r.data.tags["sweep.trial_id"]: r for r in runs(cluster, name) if "sweep.trial_id" in r.data.tags}
-    assert len(trials) == 3
+    assert len(trials) == 2
     run = trials[moved]
     assert run.data.tags["sweep.retries"] == "1" and int(run.data.tags["sweep.resumed_after_epoch"]) >= 1
     assert run.data.tags["sweep.nodes"] == f"{cluster.node_ids['node2']},{cluster.node_ids['head']}"  # both nodes

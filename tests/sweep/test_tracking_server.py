@@ -110,9 +110,10 @@ def tracking_server(store: Path, admin_password: str | None = None) -> Iterator[
         admin.close()
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    with tracking_server(tmp_path / "artifact-store") as srv:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module (each test logs to its own experiment); a test that stops it starts it again."""
+    with tracking_server(tmp_path_factory.mktemp("tracking") / "artifact-store") as srv:
         yield srv
 
 
@@ -125,10 +126,10 @@ def epochs_reported(tune_dir: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in tune_dir.glob("*/result.json"))
 
 
-def assert_complete(url: str, trials: int, epochs: int) -> None:
+def assert_complete(url: str, experiment: str, trials: int, epochs: int) -> None:
     """Every trial's run holds every epoch exactly once, and ended."""
     mlflow = store.client(url)
-    exp = mlflow.get_experiment_by_name("digits-demo")
+    exp = mlflow.get_experiment_by_name(experiment)
     parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
     runs = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
     assert len(runs) == trials and parent.info.status == "FINISHED"
@@ -139,7 +140,7 @@ def assert_complete(url: str, trials: int, epochs: int) -> None:
         assert [a.path for a in mlflow.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
-FIFO = [*QUICK, "scheduler.name=fifo", "budget.trials=2", "fixed.epochs=6", "dataset.image_size=16"]
+FIFO = [*QUICK, "scheduler.name=fifo", "budget.trials=2", "fixed.epochs=5", "dataset.image_size=16"]
 
 
 class RunningSweep:
@@ -164,7 +165,7 @@ class RunningSweep:
 
 
 def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path) -> None:
-    sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}")
+    sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}", "tracking.experiment=outage")
     sweep.wait_epochs(2)
     server.stop()
     sweep.wait_epochs(epochs_reported(sweep.tune_dir) + 3)  # training goes on while the store is away
@@ -173,7 +174,7 @@ def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path) -> None:
     server.start()
     out = sweep.finish()
     assert "store unreachable" in out and "every kept record delivered" in out
-    assert_complete(server.url, trials=2, epochs=6)
+    assert_complete(server.url, "outage", trials=2, epochs=5)
     assert not pending.exists()
 
 
@@ -192,7 +193,7 @@ def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> Non
     `sweep sync`, and the password is in no file, no MLflow record and no output."""
     password = f"pw-{uuid.uuid4().hex[:12]}"
     url = server.url.replace("http://", f"http://sweeper:{password}@")
-    sweep = RunningSweep(tmp_path, f"tracking.uri={url}", "tracking.drain_s=2")
+    sweep = RunningSweep(tmp_path, f"tracking.uri={url}", "tracking.drain_s=2", "tracking.experiment=gone")
     sweep.wait_epochs(1)
     server.stop()
     out = sweep.finish()
@@ -205,6 +206,6 @@ def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> Non
     done = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "records delivered to http://127.0.0.1" in done.stdout, done.stderr
     assert not pending.exists() and not (tmp_path / "mlruns.db").exists()
-    assert_complete(server.url, trials=2, epochs=6)
+    assert_complete(server.url, "gone", trials=2, epochs=5)
     assert password not in out + refused.stdout + refused.stderr + done.stdout + done.stderr
     assert_no_secret(password, server.url, tmp_path / "results", server.store)

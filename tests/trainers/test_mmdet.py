@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainers.synthetic_voc import make_voc
+from tests.trainers.test_lifecycle import kill_and_resume, trial
 from trainers import ListReporter, TrialParams
 from trainers.base import InputError
 from trainers.mmdet.config import default_python
@@ -37,20 +38,6 @@ def voc(tmp_path_factory):
     }
 
 
-class StopAfter(ListReporter):
-    """Raises at the n-th report, as Ray Tune does when ASHA stops a trial."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def report(self, metrics, checkpoint_dir=None, info=None) -> None:
-        super().report(metrics, checkpoint_dir, info)
-        assert checkpoint_dir is not None and (checkpoint_dir / "mmdet.pth").stat().st_size > 0
-        if len(self.metrics) == self.n:
-            raise KeyboardInterrupt("stopped by the scheduler")
-
-
 def _workers() -> set[int]:
     found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -62,36 +49,37 @@ def _workers() -> set[int]:
     return found
 
 
-def test_mmdet_config_trains_reports_map_every_epoch_and_stops_when_told(voc, tmp_path: Path) -> None:
-    """Two epochs relayed with scored predictions and a checkpoint each; at the second report the
-    scheduler stops the trial (the reporter raises) and the worker's process group is gone."""
-    reporter = StopAfter(2)
-    params = TrialParams(voc, {"config": CONFIG, "weights": "none"}, {**HP, "epochs": 4}, tmp_path / "w", threads=2)
+def test_mmdet_trains_reports_map_every_epoch_stops_when_told_and_resumes(voc, tmp_path: Path) -> None:
+    """Epochs relayed with scored predictions and a checkpoint each; at the second report the trial is stopped
+    (the reporter raises, as Ray Tune does when ASHA stops a trial) and the worker's process group is gone; resumed
+    from the kept checkpoint, the best weights are the best epoch's by the sweep's metric (the lifecycle test every
+    trainer passes)."""
     before = _workers()
-    with pytest.raises(KeyboardInterrupt):
-        MmdetTrainer().fit(params, reporter)
-    assert _workers() <= before
-    assert [m["epoch"] for m in reporter.metrics] == [1.0, 2.0]
-    for m in reporter.metrics:
+
+    def stopped() -> None:
+        assert _workers() <= before  # the stopped trial's worker process group is gone
+
+    work, history, info = kill_and_resume("mmdet", "val_map50", "max", voc, tmp_path, killed=stopped)
+    for m in history:
         assert {"val_map50", "val_map50_11pt", "val_map", "train_loss"} <= set(m) and 0 <= m["val_map50"] <= 1
-    assert (tmp_path / "w" / "best.pth").stat().st_size > 1000
-    assert reporter.info["mmdet.config"] == CONFIG and reporter.info["data.n_classes"] == 3
-    job = json.loads((tmp_path / "w" / "mmdet" / "job.json").read_text())
+    assert (work / "best.pth").stat().st_size > 1000
+    assert info["mmdet.config"] == CONFIG and info["data.n_classes"] == 3
+    job = json.loads((work / "mmdet" / "job.json").read_text())
     assert job["hparams"]["optimizer"] == "adamw" and job["classes"] == ["circle", "square", "triangle"]
 
     # The kept checkpoint on the test part and on any image: inference in the mmdet environment, scored and
     # drawn on our side (`sweep evaluate` / `sweep detect` of an mmdet sweep).
     from trainers.mmdet.report import detect_images, evaluate_checkpoint
 
-    model, hparams = {"config": CONFIG, "weights": "none"}, {**HP, "epochs": 4}
-    scores = evaluate_checkpoint(tmp_path / "w" / "best.pth", voc, tmp_path / "test", None, model, hparams)
+    _, model, hparams, _ = trial("mmdet", voc)
+    scores = evaluate_checkpoint(work / "best.pth", voc, tmp_path / "test", None, model, hparams)
     assert scores["test_n"] == 4 and 0 <= scores["test_map50"] <= 1 and "test_map" in scores
     assert (tmp_path / "test" / "per_class_ap.csv").read_text().startswith("class,ap50")
     image = next((Path(voc["root"]) / "VOC2007" / "JPEGImages").glob("*.jpg"))
-    drawn = detect_images(tmp_path / "w" / "best.pth", [image], tmp_path / "pics", 0.0, False, 50, model, hparams, voc)
+    drawn = detect_images(work / "best.pth", [image], tmp_path / "pics", 0.0, False, 50, model, hparams, voc)
     assert drawn == [tmp_path / "pics" / f"{image.stem}.png"] and drawn[0].stat().st_size > 1000
     with pytest.raises(InputError, match="--proposals: the mmdet backend draws its final predictions only"):
-        detect_images(tmp_path / "w" / "best.pth", [image], tmp_path / "pics", 0.5, True, 50, model, hparams, voc)
+        detect_images(work / "best.pth", [image], tmp_path / "pics", 0.5, True, 50, model, hparams, voc)
 
 
 def test_missing_environment_or_config_is_refused_before_the_sweep(voc, tmp_path: Path) -> None:
