@@ -98,9 +98,9 @@ def check(storage: Storage) -> None:
     if not storage.remote:
         try:
             Path(storage.path).mkdir(parents=True, exist_ok=True)
-            probe = Path(storage.path) / f".probe-{uuid.uuid4().hex}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            local = Path(storage.path) / f".probe-{uuid.uuid4().hex}"
+            local.write_bytes(b"ok")
+            local.unlink()
         except OSError as e:
             raise SweepError(
                 f"{where}: cannot write there ({e.strerror}); mount it on every node or choose another"
