@@ -223,6 +223,8 @@ def stop(address: str | None, name: str, wait_s: float = STOP_GRACE_S + 30) -> t
     final status."""
     client = connect(address)
     job = find(address, name)
+    if client.get_job_status(job).is_terminal():
+        raise SweepError(f"{job} already ended ({client.get_job_status(job).value}); nothing to stop")
     client.stop_job(job)
     return job, _final_status(client, job, wait_s)
 

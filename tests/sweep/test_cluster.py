@@ -283,6 +283,8 @@ def test_submit_runs_a_sweep_on_the_cluster_stop_ends_it_and_resume_finishes(clu
     assert "2 trials · 2 completed" in follow.stdout, follow.stdout[-3000:]
     listed = sweep(cluster, tmp_path, "jobs", *jobs)
     assert f"{first} | job     | STOPPED" in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
+    again = sweep(cluster, tmp_path, "stop", "job", *jobs)
+    assert again.returncode == 2 and "already ended (SUCCEEDED); nothing to stop" in again.stderr, again.stderr
     assert not (tmp_path / "results").exists()  # the driver ran on the cluster, not here
     assert (tmp_path / "on-the-cluster" / "job" / "sweep.json").exists()
 
