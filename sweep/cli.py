@@ -300,9 +300,7 @@ def _tensorboard(args: argparse.Namespace) -> int:
     record = logdir / "sweep.json"
     storage = json.loads(record.read_text())["spec"].get("storage") if record.exists() else None
     if storage:  # Ray Tune's folders are in the sweep's storage
-        place = resolve(
-            StorageSpec.model_validate({"uri": storage} if isinstance(storage, str) else storage), logdir, args.name
-        )
+        place = resolve(StorageSpec.model_validate(storage), logdir, args.name)
         if place.remote:
             raise SweepError(
                 f"sweep '{args.name}' keeps its Ray Tune folders in {place.url}; TensorBoard reads local folders "

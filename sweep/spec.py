@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from sweep.errors import SpecError
 from sweep.samplers import SAMPLERS, SCHEDULERS
@@ -123,6 +123,11 @@ class StorageSpec(_Block):
     ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, else AWS itself. Credentials come from each machine's
     environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, an instance role), never from the spec."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _uri_alone(cls, value: Any) -> Any:
+        return {"uri": value} if isinstance(value, str) else value  # ``storage: s3://…``
+
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str | None) -> str | None:
@@ -159,11 +164,6 @@ class RawSpec(_Block):
     storage: StorageSpec = StorageSpec()
     seed: int = 0
     """Seed of every trial's initialisation and data order, so trials differ only in their parameters."""
-
-    @field_validator("storage", mode="before")
-    @classmethod
-    def _storage_uri(cls, value: Any) -> Any:
-        return {"uri": value} if isinstance(value, str) else value  # ``storage: s3://…`` alone
 
 
 @dataclass(frozen=True)
