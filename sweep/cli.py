@@ -28,13 +28,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from sweep.export import load_table, locate_uri, render, summary
+    from sweep.interrupts import handled
     from sweep.runner import run_sweep, stop_ray
     from sweep.spec import load_spec
 
     spec = load_spec(args.spec, spec_overrides(args))
     results = Path(args.results)
     try:
-        outcome = run_sweep(spec, results=results, resume=args.resume, address=args.address)
+        with handled():
+            outcome = run_sweep(spec, results=results, resume=args.resume, address=args.address)
     finally:
         stop_ray()
     if (results / spec.name / "tracking-pending.jsonl").exists():

@@ -81,7 +81,10 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
             len(configs),
         ),
     )
-    tuner.fit()
+    from sweep.interrupts import kept
+
+    with kept():
+        tuner.fit()
     summary = seeds_summary(store.client(uri), record["experiment_id"], table.parent_id, table.metric)
     return picked[["rank", "trial", "run", *table.searched, table.metric]].join(summary, on="trial")
 

@@ -24,13 +24,14 @@ from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
 from sweep.spec import Spec
 from sweep.store import STOP_REASON
-from trainers import TRAINERS, TrialParams
+from trainers import TrainerEntry, TrialParams
 from trainers.base import Diverged
 
 RAY_ENV = {
     "TUNE_GLOBAL_CHECKPOINT_S": "5",  # Ray writes its experiment state this often: a killed driver loses little
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Ctrl-C belongs to the `sweep` command (sweep.interrupts), not the library
 }
 LOG_FILE = "ray.log"
 NODE_TAG = "sweep.node_id"
@@ -68,7 +69,8 @@ class TrialSetup:
     """What every trial of a sweep shares; shipped to the workers once."""
 
     name: str
-    trainer: str
+    trainer: TrainerEntry
+    """Resolved in the driver: a worker needs no registry lookup (a trainer registered at run time works too)."""
     dataset: BaseModel
     model: BaseModel
     fixed: Mapping[str, Any]
@@ -124,7 +126,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         saved = resume_from / "lifecycle.json"
         if saved.exists():  # a retry (or --resume) goes on from this epoch, not from the start
             node["sweep.resumed_after_epoch"] = str(json.loads(saved.read_text())["epoch"])
-    entry = TRAINERS.get(setup.trainer)
+    entry = setup.trainer
     config = flat_config(config)
     sampled = {k: v for k, v in config.items() if k not in RERUN_KEYS}
     params = TrialParams(
@@ -243,6 +245,9 @@ def run_sweep(
         _atomic_json(state_file, record)
     trainable = make_trainable(spec, place)
     if resume:
+        from sweep.repair import repair
+
+        repair(place)  # a trial whose named checkpoint a killed driver left deleted goes on from its newest
         tuner = tune.Tuner.restore(
             place.tune_path,
             trainable=trainable,
@@ -256,10 +261,12 @@ def run_sweep(
             tune_config=_tune_config(spec, study_storage),
             run_config=run_config(spec, root, place, uri, exp_id, parent_id, tags, dataset),
         )
-    from sweep.tracking import INTERRUPTED, last_line
+    from sweep.interrupts import INTERRUPTED, kept
+    from sweep.tracking import last_line
 
-    INTERRUPTED.clear()
-    grid = tuner.fit()
+    INTERRUPTED.clear()  # set only by a signal the command's handler (sweep.interrupts.handled) caught during fit
+    with kept():  # Tune installs handlers of its own inside fit(); the caller's are back after it
+        grid = tuner.fit()
     if not INTERRUPTED.is_set():
         study.close_orphans(study_url, spec.name)
     errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]
@@ -272,7 +279,7 @@ def make_trainable(spec: Spec, place: storage.Storage) -> Any:
 
     setup = TrialSetup(
         spec.name,
-        spec.trainer,
+        spec.entry,
         spec.dataset,
         spec.model,
         dict(spec.fixed),
@@ -299,18 +306,32 @@ def _resolve(path: str) -> Any:
     return getattr(importlib.import_module(module), func)
 
 
+_OWNED = threading.Event()
+"""Set while the Ray instance this process uses is one :func:`start_ray` started (or joined): :func:`stop_ray` stops
+only that one, never a Ray the caller started (a notebook's, a test session's)."""
+
+
 def start_ray(address: str | None, log: Path) -> None:
-    """Start (or join) Ray with our environment; its own log lines and tracebacks go to ``log``, our
-    progress lines are the terminal's."""
+    """Start (or join) Ray with our environment, unless this process has a Ray already; its own log lines and
+    tracebacks go to ``log``, our progress lines are the terminal's."""
     ray_env()
     import ray
 
     _quiet()
     # While ray.init waits for its processes, import what Tune's TensorBoard logger needs (a second on its own)
     threading.Thread(target=_preload, args=(TUNE_MODULES,), daemon=True).start()
+    if address and ray.is_initialized() and not _OWNED.is_set():
+        raise SweepError(
+            f"--address {address}: this process is connected to a Ray of its own already; run the sweep in a new "
+            "process, or without --address to use that Ray"
+        )
     if not ray.is_initialized():
         try:
-            with _stderr_into(log):  # Ray's C++ core logs retries and warnings straight to the terminal
+            from sweep.interrupts import kept
+
+            # Ray's C++ core logs retries and warnings straight to the terminal, and installs its own SIGTERM
+            # handler (a stack dump, then exit): the caller's handlers stay
+            with _stderr_into(log), kept():
                 ray.init(
                     address=address,
                     include_dashboard=False,
@@ -328,12 +349,14 @@ def start_ray(address: str | None, log: Path) -> None:
                     "head's ~/.ray/auth_token to this machine or set RAY_AUTH_TOKEN"
                 )
             raise SweepError(f"--address {address}: cannot join the Ray cluster: {first}{hint}") from None
+        _OWNED.set()
     handler = logging.FileHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("ray", "ray.tune", "ray.train"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
+            old.close()
     ray_logger = logging.getLogger("ray")
     ray_logger.addHandler(handler)
     ray_logger.setLevel(logging.INFO)
@@ -442,11 +465,13 @@ def use_local_token() -> None:
 
 def stop_ray() -> None:
     """Stop the Ray instance a sweep started (or leave the cluster it joined) as soon as the sweep is over, not at
-    interpreter exit, where Ray first sleeps half a second for log lines we do not print."""
-    if "ray" in sys.modules:
+    interpreter exit, where Ray first sleeps half a second for log lines we do not print. A Ray this process had
+    before the sweep stays."""
+    if "ray" in sys.modules and _OWNED.is_set():
         import ray
 
         ray.shutdown()
+        _OWNED.clear()
 
 
 TUNE_MODULES = ("tensorboardX",)
@@ -474,7 +499,7 @@ def check_resources(spec: Spec) -> None:
     )
     for key, field, want in wants:
         if want > have.get(key, 0):
-            ray.shutdown()
+            stop_ray()
             raise SweepError(
                 f"resources.{field}: {want:g} per trial, but the Ray cluster has {have.get(key, 0):g} {key}s "
                 f"({', '.join(f'{k}: {have.get(k, 0):g}' for k in ('CPU', 'GPU'))}); no trial could ever start"

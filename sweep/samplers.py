@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,38 @@ SCHEDULERS: Registry[Callable[[Spec], TrialScheduler]] = Registry("scheduler")
 
 
 def build_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    return SAMPLERS.get(spec.sampler.name)(spec)
+    return picklable(SAMPLERS.get(spec.sampler.name)(spec))
 
 
 def build_scheduler(spec: Spec) -> TrialScheduler:
     return SCHEDULERS.get(spec.scheduler.name)(spec)
+
+
+class PicklableLock:
+    """A ``threading.Lock`` that pickles (as a new, unlocked one). Ray Tune pickles the searcher, and with it the
+    sampler, into its experiment state (for ``--resume``); optuna 5.1's genetic samplers hold a plain lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+
+
+def picklable(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """``sampler`` with its thread lock (if it has one) replaced by a :class:`PicklableLock`."""
+    if isinstance(getattr(sampler, "_thread_lock", None), type(threading.Lock())):
+        sampler._thread_lock = PicklableLock()  # type: ignore[attr-defined]
+    return sampler
 
 
 def _startup(spec: Spec) -> dict[str, Any]:
@@ -78,7 +106,7 @@ def _gp(spec: Spec) -> optuna.samplers.BaseSampler:
 def _nsga2(spec: Spec) -> optuna.samplers.BaseSampler:
     import optuna
 
-    return optuna.samplers.NSGAIISampler(seed=spec.sampler.seed)
+    return picklable(optuna.samplers.NSGAIISampler(seed=spec.sampler.seed))
 
 
 @SCHEDULERS.register("asha")

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from sweep.interrupts import INTERRUPTED
 from sweep.journal import Journal, MlflowWriter
 from sweep.runner import NODE_TAG, flat_config
 from sweep.storage import best_files
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 
 NODES_TAG = "sweep.nodes"
 """Every Ray node a trial ran on, in order, once it moved (its first node died)."""
-INTERRUPTED = threading.Event()
-"""Set by the first Ctrl-C or SIGTERM of a running sweep (Ray Tune then stops it, saving its state)."""
 
 
 def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -55,38 +52,6 @@ def _scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         for k, v in result.items()
         if k not in skip and not k.startswith("info/") and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
-
-
-def release_interrupts() -> None:
-    """After the sweep: Ctrl-C raises KeyboardInterrupt again and SIGTERM ends the process (a notebook or a
-    script that runs several sweeps gets its signals back)."""
-    try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError:
-        pass
-
-
-def catch_interrupts() -> None:
-    """Chain in front of Ray Tune's SIGINT handler (it stops the sweep and saves its state) to remember
-    that the sweep was interrupted; SIGTERM is handled the same way. A second Ctrl-C aborts at once."""
-    try:
-        ray_handler = signal.getsignal(signal.SIGINT)
-
-        def interrupted(signum: int, frame: Any) -> None:
-            if not INTERRUPTED.is_set():
-                print("interrupted: stopping the trials and saving the sweep's state…", file=sys.stderr, flush=True)
-            INTERRUPTED.set()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            if callable(ray_handler):
-                ray_handler(signal.SIGINT, frame)
-            else:
-                raise KeyboardInterrupt
-
-        signal.signal(signal.SIGINT, interrupted)
-        signal.signal(signal.SIGTERM, interrupted)
-    except ValueError:  # not the main thread: leave signals to whoever runs us
-        pass
 
 
 class MlflowCallback(Callback):
@@ -125,11 +90,6 @@ class MlflowCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into Ray's experiment state: keep configuration, not connections or caches.
         return {**self.__dict__, "_journal": None, "_best": {}, "_improved": set(), "_open": set(), "_nodes": {}}
-
-    def setup(
-        self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
-    ) -> None:
-        catch_interrupts()
 
     @property
     def journal(self) -> Journal:
@@ -233,7 +193,6 @@ class MlflowCallback(Callback):
         self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})
         self.journal.submit({"op": "summary", "context": self.context})
         self.journal.submit({"op": "parent_end", "status": "KILLED" if INTERRUPTED.is_set() else "FINISHED"})
-        release_interrupts()
         if not self.journal.drain(self.drain_s):
             print(
                 f"tracking: store still unreachable; {len(self.journal.pending)} records kept in "

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -54,18 +55,16 @@ def test_images_run_as_a_user_on_one_cuda_stack_and_record_their_commit() -> Non
 def compose() -> dict:
     """The compose file as ``docker-compose config`` resolves it with the example environment file."""
     env = DOCKER / ".env.example"
-    tool = shutil.which("docker-compose")
-    if tool:
-        done = subprocess.run(
-            [tool, "-f", str(DOCKER / "compose.yaml"), "--env-file", str(env), "config"],
-            capture_output=True,
-            text=True,
-            cwd=DOCKER,
-            env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")},  # only the env file's values
-        )
-        assert done.returncode == 0, done.stderr
-        return yaml.safe_load(done.stdout)
-    pytest.fail("docker-compose is not installed (apt-get install docker-compose); .ci/run installs it")
+    tool = need("docker-compose", "apt-get install docker-compose; .ci/run installs it")
+    done = subprocess.run(
+        [tool, "-f", str(DOCKER / "compose.yaml"), "--env-file", str(env), "config"],
+        capture_output=True,
+        text=True,
+        cwd=DOCKER,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")},  # only the env file's values
+    )
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
 
 
 def test_compose_resolves_and_mounts_the_same_paths_on_driver_and_workers() -> None:
@@ -84,13 +83,13 @@ def test_compose_resolves_and_mounts_the_same_paths_on_driver_and_workers() -> N
     assert "change-me" not in text and "password1234" not in text  # no secret in the file itself
 
 
-def test_the_rayjob_runs_a_shipped_spec_with_secrets_from_kubernetes() -> None:
+def test_the_rayjob_runs_a_shipped_spec_with_secrets_from_kubernetes(cli) -> None:
     job = yaml.safe_load((DOCKER / "k8s" / "rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     command = job["spec"]["entrypoint"].split()
     assert command[:2] == ["sweep", "run"] and (ROOT / command[2]).is_file()
-    done = subprocess.run([sys.executable, "-m", "sweep", "validate", command[2]], cwd=ROOT, capture_output=True)
-    assert done.returncode == 0, done.stderr
+    done = cli("validate", command[2], cwd=ROOT)
+    assert done.returncode == 0, done
     cluster = job["spec"]["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"], *[g["template"] for g in cluster["workerGroupSpecs"]]]
     for pod in pods:

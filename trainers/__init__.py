@@ -7,6 +7,8 @@ which is imported only when a trial runs (so validating a spec never imports tor
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,3 +118,16 @@ __all__ = [
     "TrialResult",
     "UnknownNameError",
 ]
+
+
+def load_plugins() -> None:
+    """Trainers that live in other packages: ``SWEEP_TRAINER_MODULES`` names modules (comma-separated) that add
+    theirs to :data:`TRAINERS` when imported (the tests' scripted trainer is one)."""
+    for module in filter(None, (m.strip() for m in os.environ.get("SWEEP_TRAINER_MODULES", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            print(f"warning: SWEEP_TRAINER_MODULES: cannot import {module}: {e}", file=sys.stderr)
+
+
+load_plugins()

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from trainers.base import Diverged, InputError, Reporter, Scalar, TrialParams, TrialResult, link_or_copy
+
+if TYPE_CHECKING:  # torch is imported where it is used: a trainer without a network (tests) never pays for it
+    import torch
 
 STATE_FILE, TORCH_STATE = "lifecycle.json", "state.pt"
 EXPLOSION_FACTOR = 1e3
@@ -30,6 +31,8 @@ EXPLOSION_FACTOR = 1e3
 
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when there is one, else the CPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -37,6 +40,8 @@ def pick_device(name: str) -> torch.device:
 
 def start(params: TrialParams) -> torch.device:
     """Seed, thread count, work folder and GPU memory share of a trial; returns the device it trains on."""
+    import torch
+
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, params.threads))
     params.work_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +197,8 @@ def save_parts(parts: Mapping[str, Any]) -> Callable[[Path], None]:
     schedulers; None for an absent one) in the checkpoint folder's ``state.pt``."""
 
     def save(folder: Path) -> None:
+        import torch
+
         torch.save({k: v.state_dict() if v is not None else None for k, v in parts.items()}, folder / TORCH_STATE)
 
     return save
@@ -199,6 +206,8 @@ def save_parts(parts: Mapping[str, Any]) -> Callable[[Path], None]:
 
 def load_parts(folder: Path, parts: Mapping[str, Any]) -> None:
     """Restore ``parts`` from a folder :func:`save_parts` wrote (``weights_only=True``)."""
+    import torch
+
     blob = torch.load(folder / TORCH_STATE, map_location="cpu", weights_only=True)
     for key, part in parts.items():
         if part is not None and blob.get(key) is not None:
@@ -207,6 +216,8 @@ def load_parts(folder: Path, parts: Mapping[str, Any]) -> None:
 
 def save_atomic(path: Path, blob: object) -> None:
     """``torch.save`` to a temporary name, then rename: a reader never sees half a file."""
+    import torch
+
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)

@@ -1,10 +1,7 @@
-import os
-from pathlib import Path
-
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, SECRET, SECRET_VAR  # noqa: F401  (the planted secret: see ray_session)
 
 # A quick version of the demo: tiny images, few epochs, a range of learning rates wide enough that
 # some trials learn nothing and ASHA has something to stop.
@@ -21,25 +18,58 @@ QUICK = [
 ]
 
 
-SECRET_VAR, SECRET = "SWEEP_TEST_API_TOKEN", "tok-5f1d2c9e8b7a"
-
-
 @pytest.fixture(scope="session")
-def demo_sweep(tmp_path_factory):
-    """One real quick demo sweep (8 trials, TPE + ASHA) that many tests read: (spec, grid, uri, base)."""
-    import ray
-
+def demo_sweep(tmp_path_factory, ray_session):
+    """One real quick demo sweep (8 trials, TPE + ASHA) that many tests read: (spec, grid, uri, base). What changes
+    it afterwards (evaluate, promote, rerun) is a fixture of its own, so no test depends on the order they run in."""
     from sweep import store
     from sweep.runner import run_sweep
     from sweep.spec import load_spec
 
     base = tmp_path_factory.mktemp("e2e")
-    os.environ[SECRET_VAR] = SECRET  # planted: it must not reach MLflow or the results
     spec = load_spec(ROOT / "search_spaces" / "demo.yaml", QUICK)
     grid = run_sweep(spec, results=base / "results", base=base).grid
-    os.environ.pop(SECRET_VAR, None)
-    yield spec, grid, store.resolve_uri(None, base), base
-    ray.shutdown()
+    return spec, grid, store.resolve_uri(None, base), base
+
+
+@pytest.fixture(scope="session")
+def demo_evaluated(demo_sweep):
+    """The demo sweep after `sweep evaluate`: the best trial's test scores (and its run's test metrics)."""
+    from sweep.evaluate import evaluate_best
+
+    spec, _, uri, base = demo_sweep
+    return evaluate_best(spec.name, base / "results", uri)
+
+
+@pytest.fixture(scope="session")
+def demo_promoted(demo_evaluated, demo_sweep):
+    """`sweep promote` of the demo sweep (after evaluate): its exit code and what it printed."""
+    spec, _, uri, base = demo_sweep
+    return in_process("promote", spec.name, "--results", str(base / "results"), "--tracking-uri", uri)
+
+
+@pytest.fixture(scope="session")
+def demo_rerun(demo_sweep):
+    """`sweep rerun --top 2 --seeds 2` of the demo sweep: (its exit code, what it printed, the trials it repeated)."""
+    from sweep.export import load_table
+
+    spec, _, uri, base = demo_sweep
+    top = list(load_table(spec.name, uri).frame["trial"][:2])
+    code, printed = in_process("rerun", spec.name, "--top", "2", "--seeds", "2", "--results", str(base / "results"))
+    return code, printed, top
+
+
+def in_process(*argv: str) -> tuple[int, str]:
+    """A ``sweep`` command run in this process for a session fixture (no capsys there): exit code and stdout."""
+    import contextlib
+    import io
+
+    from sweep.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import yaml
 from PIL import Image
 
 from sweep.cli import main
-from sweep.spec import load_spec
 from tests.sweep.conftest import ROOT
-from tests.trainers.synthetic_voc import make_voc
 from trainers.classifier.config import ClassifierData
 
 DEMO = str(ROOT / "search_spaces" / "demo.yaml")
@@ -94,34 +92,11 @@ def test_data_and_weights_are_refused_before_any_trial(tmp_path: Path, capsys, m
 
 
 @pytest.mark.e2e
-def test_what_the_cluster_can_never_place_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_what_the_cluster_can_never_place_is_refused(tmp_path: Path, capsys, monkeypatch, ray_session) -> None:
     monkeypatch.chdir(tmp_path)
     code, _, err = sweep(capsys, "run", DEMO, "--set", "resources.cpus_per_trial=64")
     assert code == 2 and "resources.cpus_per_trial: 64 per trial, but the Ray cluster has" in one_line(err)
     assert not (tmp_path / "results" / "digits-demo" / "tune").exists()
-
-
-@pytest.mark.e2e
-def test_errored_trials_exit_1_with_the_first_reason_and_no_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
-    """A wrong interpreter for the mmdet backend: each trial errors; the exit code says so, the terminal gets
-    one line for it and Ray's tracebacks go to the sweep's log file."""
-    monkeypatch.chdir(tmp_path)
-    make_voc(tmp_path, n_trainval=8, n_test=2, size=64)
-    overrides = [
-        "budget={trials: 2, max_concurrent: 2, max_failures: 0}",
-        "model.python=/bin/false",
-        f"dataset.root={tmp_path / 'VOCdevkit'}",
-        "dataset.train=[2007-trainval]",
-        "dataset.test=null",
-        "resources={cpus_per_trial: 1, gpus_per_trial: 0}",
-    ]
-    spec = str(ROOT / "search_spaces" / "yolov3.yaml")
-    code, out, err = sweep(capsys, "run", spec, *[a for o in overrides for a in ("--set", o)])
-    name = load_spec(spec).name
-    assert code == 1, out + err
-    assert "2 of 2 trials errored; first" in err and "the mmdet worker exited with 1" in err
-    assert "Traceback" not in out + err
-    assert "Traceback" in (tmp_path / "results" / name / "ray.log").read_text()
 
 
 def test_commands_that_read_the_store_do_not_import_ray(tmp_path: Path) -> None:

@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from sweep import store
 from sweep.export import load_table
-from tests.sweep.conftest import ROOT
-from tests.sweep.test_tracking_server import free_port, tracking_server
+from tests.conftest import SCRIPTED_ENV, free_port, scripted_spec
+from tests.scripted import best_weights
+from tests.sweep.test_tracking_server import tracking_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
-DEMO = ROOT / "search_spaces" / "demo.yaml"
 PASSWORD = "s3cret-Pa55word-only-in-the-environment"
 AWS = {
     "AWS_ACCESS_KEY_ID": "sweep-test",
@@ -38,14 +37,7 @@ AWS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 BUCKET = "sweeps"
-SMALL = [
-    "budget.max_concurrent=2",
-    "fixed.batch_size=128",
-    "dataset.image_size=12",
-    "model.arch=small_cnn",
-    "scheduler.name=fifo",
-    "budget.checkpoint_every_s=0",
-]
+SMALL = ["budget.max_concurrent=2", "fixed.epoch_s=0.4"]
 
 
 def wait_for(check, what: str, timeout: float = 90) -> None:
@@ -102,7 +94,7 @@ def ray_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory, postgres) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     home = base / "home"
     home.mkdir()
@@ -118,9 +110,9 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     env = {
         **os.environ,
         **AWS,
+        **SCRIPTED_ENV,  # the nodes and the drivers know the tests' scripted trainer
         "HOME": str(home),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this environment's
-        "PYTHONPATH": str(ROOT),
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": PASSWORD,
         "RAY_health_check_period_ms": "500",  # a killed node is declared dead in ~2 s, not ~15 s
@@ -138,18 +130,19 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--temp-dir={temps[0]}",
+        *own_ports(),
     ]
     try:
         # the head starts while the tracking server does
         procs["head"] = ray_start(head_args, {**env, "SWEEP_SCRATCH": str(scratch["head"])})
-        with tracking_server(base / "artifact-store", PASSWORD) as server:
+        with tracking_server(postgres, base / "artifact-store", PASSWORD) as server:
             wait_for(lambda: listening(s3_port), "moto")
             import boto3
 
             keys = {k.lower(): v for k, v in AWS.items() if "KEY" in k}
             boto3.client("s3", endpoint_url=endpoint, **keys).create_bucket(Bucket=BUCKET)
             wait_for(lambda: listening(port) and answers(f"http://127.0.0.1:{dash}/api/version"), "the Ray head")
-            node_args = [f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temps[1]}"]
+            node_args = [f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temps[1]}", *own_ports()]
             node_env = {**env, "SWEEP_SCRATCH": str(scratch["node2"]), "RAY_AUTH_MODE": "token"}
             procs["node2"] = ray_start(node_args, node_env)
             nodes = node_list(port, env)
@@ -162,6 +155,14 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
                 proc.wait(timeout=30)
         for temp in temps:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def own_ports() -> list[str]:
+    """Free ports for a node's agents: Ray's defaults (52365, ...) may be held by another Ray on this machine (the
+    test session's own), and a head whose job agent cannot bind takes no job."""
+    flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")
+    flags += ("metrics-export-port",)
+    return [f"--{flag}={free_port()}" for flag in flags]
 
 
 def node_list(port: int, env: dict[str, str]) -> dict[str, str]:
@@ -184,19 +185,12 @@ def node_list(port: int, env: dict[str, str]) -> dict[str, str]:
     return nodes
 
 
-def sweep(cluster: Cluster, cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=cwd,
-        env=env or cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def overrides(*extra: str) -> list[str]:
-    return [a for o in [*SMALL, *extra] for a in ("--set", o)]
+def as_driver(monkeypatch, cluster: Cluster, **changes: str) -> None:
+    """This process as one of the team's drivers: the cluster's environment (token home, credentials)."""
+    for key in ("HOME", *AWS, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, changes.get(key, cluster.env[key]))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE"):  # a fresh driver's, not what this process's own Ray set
+        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -206,9 +200,10 @@ def tracking_login(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
 
 
-def test_refusals_are_one_line_and_start_nothing(cluster: Cluster, tmp_path: Path) -> None:
+def test_refusals_are_one_line_and_start_nothing(cluster: Cluster, tmp_path: Path, cli, monkeypatch) -> None:
     """A wrong port, a driver without the head's token, an object store that is not there (or has no such bucket),
-    a wrong tracking password: each is one line and exit 2, before any trial."""
+    a wrong tracking password: each is one line and exit 2, before any trial (the CLI in this process: each is
+    refused before Ray starts)."""
     stranger = tmp_path / "no-token-home"
     stranger.mkdir()
     cases = [
@@ -225,12 +220,13 @@ def test_refusals_are_one_line_and_start_nothing(cluster: Cluster, tmp_path: Pat
         "bucket 'no-such-bucket' does not exist",
         "refused the credentials",
     ]
+    spec = scripted_spec(tmp_path, *SMALL)
     for i, (case, words) in enumerate(zip(cases, expected, strict=True)):
-        env = {**cluster.env, "HOME": str(stranger)} if i == 1 else cluster.env
+        as_driver(monkeypatch, cluster, **({"HOME": str(stranger)} if i == 1 else {}))
         if i == 4:
-            env = {**env, "MLFLOW_TRACKING_PASSWORD": "wrong-password"}
-        done = sweep(cluster, tmp_path, "run", str(DEMO), *case, *overrides(f"name=refused{i}"), env=env)
-        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, (case, done.stderr)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+        done = cli("run", spec, *case, "--set", f"name=refused{i}", cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, (case, done)
         assert "Traceback" not in done.stderr and not (tmp_path / "results" / f"refused{i}" / "tune").exists()
 
 
@@ -240,29 +236,30 @@ def runs(cluster: Cluster, name: str) -> list:
     return mlflow.search_runs([exp.experiment_id]) if exp else []
 
 
+def job_client(cluster: Cluster, cwd: Path, *args: object) -> subprocess.CompletedProcess:
+    """A ``sweep`` job command in a process of its own, as on a team member's machine: Ray keeps the token it first
+    read for the life of a process, and this one's talks to the session's own Ray."""
+    cmd = [sys.executable, "-m", "sweep", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=cluster.env, capture_output=True, text=True, timeout=300)
+
+
 def test_submit_runs_a_sweep_on_the_cluster_stop_ends_it_and_resume_finishes(cluster: Cluster, tmp_path: Path) -> None:
     """``sweep submit`` uploads the folder with the spec; the driver runs on the head (its records in
     ``--cluster-results`` there). ``sweep stop`` ends the job mid-trial with no run left RUNNING, and ``sweep submit
     --resume`` runs the sweep to completion."""
-    shutil.copy(DEMO, tmp_path / "demo.yaml")
-    jobs = ["--address", cluster.jobs_url]
-    args = [
-        "demo.yaml",
-        *jobs,
-        "--cluster-results",
-        str(tmp_path / "on-the-cluster"),
-        "--storage",
-        f"s3://{BUCKET}/jobs",
-    ]
-    args += overrides(
+    spec = scripted_spec(
+        tmp_path,
+        *SMALL,
         "name=job",
         "budget.trials=2",
-        "fixed.epochs=16",
+        "fixed.epochs=12",
         f"storage.endpoint={cluster.endpoint}",
         f"tracking.uri={cluster.tracking_url}",
     )
-    done = sweep(cluster, tmp_path, "submit", *args)
-    assert done.returncode == 0 and "submitted job-" in done.stdout, done.stdout + done.stderr
+    jobs = ["--address", cluster.jobs_url]
+    args = [spec.name, *jobs, "--cluster-results", tmp_path / "on-the-cluster", "--storage", f"s3://{BUCKET}/jobs"]
+    done = job_client(cluster, tmp_path, "submit", *args)
+    assert done.returncode == 0 and "submitted job-" in done.stdout, done
     first = done.stdout.split()[1]
 
     def training() -> bool:
@@ -270,37 +267,43 @@ def test_submit_runs_a_sweep_on_the_cluster_stop_ends_it_and_resume_finishes(clu
         return any(r.data.metrics.get("val_top1") is not None for r in trials)
 
     wait_for(training, "a trial of the job to report an epoch", 180)
-    stopped = sweep(cluster, tmp_path, "stop", "job", *jobs)
-    assert stopped.returncode == 0 and f"{first}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    stopped = job_client(cluster, tmp_path, "stop", "job", *jobs)
+    assert stopped.returncode == 0 and f"{first}: STOPPED" in stopped.stdout, stopped
     states = {r.info.run_name: r.info.status for r in runs(cluster, "job")}
     assert "RUNNING" not in states.values() and "KILLED" in states.values(), states
 
-    done = sweep(cluster, tmp_path, "submit", "--resume", *args)
-    assert done.returncode == 0, done.stderr
-    follow = sweep(cluster, tmp_path, "logs", "job", *jobs, "--follow")  # the sweep's latest job
-    assert follow.returncode == 0, follow.stdout[-3000:] + follow.stderr
-    assert "joined the Ray cluster at auto: 2 nodes" in follow.stdout, follow.stdout[-3000:]
-    assert "2 trials · 2 completed" in follow.stdout, follow.stdout[-3000:]
-    listed = sweep(cluster, tmp_path, "jobs", *jobs)
-    assert f"{first} | job     | STOPPED" in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
-    again = sweep(cluster, tmp_path, "stop", "job", *jobs)
-    assert again.returncode == 2 and "already ended (SUCCEEDED); nothing to stop" in again.stderr, again.stderr
+    done = job_client(cluster, tmp_path, "submit", "--resume", *args)
+    assert done.returncode == 0, done
+    follow = job_client(cluster, tmp_path, "logs", "job", *jobs, "--follow")  # the sweep's latest job
+    assert follow.returncode == 0, follow
+    assert "joined the Ray cluster at auto: 2 nodes" in follow.stdout, follow
+    assert "2 trials · 2 completed" in follow.stdout, follow
+    listed = job_client(cluster, tmp_path, "jobs", *jobs)
+    assert f"{first} | job     | STOPPED" in listed.stdout and "SUCCEEDED" in listed.stdout, listed
+    again = job_client(cluster, tmp_path, "stop", "job", *jobs)
+    assert again.returncode == 2 and "already ended (SUCCEEDED); nothing to stop" in again.stderr, again
     assert not (tmp_path / "results").exists()  # the driver ran on the cluster, not here
     assert (tmp_path / "on-the-cluster" / "job" / "sweep.json").exists()
+    for run in (r for r in runs(cluster, "job") if "sweep.trial_id" in r.data.tags):
+        steps = [m.step for m in store.client(cluster.tracking_url).get_metric_history(run.info.run_id, "val_top1")]
+        assert steps == list(range(1, 13)), steps  # the resumed job went on from the checkpoints, nothing twice
 
 
 def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Path) -> None:
     """Trials on both nodes, checkpoints in the object store, records on the authenticated server; the second
-    node is killed (-9) mid-trial and its trial goes on from its last checkpoint on the head."""
+    node is killed (-9) mid-trial and its trial goes on from its last checkpoint on the head. The driver is a
+    process of its own, on the cluster's address, as on a team member's machine."""
     name = "two-nodes"
-    args = ["run", str(DEMO), "--address", f"127.0.0.1:{cluster.port}", "--storage", f"s3://{BUCKET}/team"]
-    args += overrides(
+    spec = scripted_spec(
+        tmp_path,
+        *SMALL,
         f"name={name}",
         "budget.trials=2",
         "fixed.epochs=12",
         f"storage.endpoint={cluster.endpoint}",
         f"tracking.uri={cluster.tracking_url}",
     )
+    args = ["run", str(spec), "--address", f"127.0.0.1:{cluster.port}", "--storage", f"s3://{BUCKET}/team"]
     driver = subprocess.Popen(
         [sys.executable, "-m", "sweep", *args, "--results", str(tmp_path / "results")],
         cwd=tmp_path,
@@ -350,7 +353,9 @@ def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Pa
         assert PASSWORD not in str(r.data.params) + str(r.data.tags)
         steps = sorted(m.step for m in mlflow.get_metric_history(r.info.run_id, "val_top1"))
         assert steps == list(range(1, 13)), steps  # every epoch once: the retry went on after its checkpoint
-    best = mlflow.download_artifacts(trials[moved].info.run_id, "checkpoints/best.pt", str(tmp_path))
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    assert state  # the best weights, read back through the tracking server
+    best = mlflow.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path))
+    held = best_weights(Path(best))  # the best epoch's file, read back through the tracking server
+    assert held["epoch"] == run.data.metrics["best_epoch"] and held["metrics"]["val_top1"] == pytest.approx(
+        run.data.metrics["best_val_top1"]
+    )
     assert list(cluster.artifact_store.rglob("best.pt"))

@@ -3,7 +3,6 @@ sweep, the promoted model, the kept Optuna study and optuna-dashboard."""
 
 import json
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,15 +18,9 @@ import torch
 from sweep import store
 from sweep.cli import main
 from sweep.export import load_table
-from tests.sweep.conftest import ROOT
+from tests.conftest import SCRIPTED, browser_dom, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:
@@ -107,13 +100,8 @@ def test_runs_read_well_through_the_rest_api(ui, demo_sweep) -> None:
 
 def test_the_runs_page_a_person_sees(ui, demo_sweep, tmp_path: Path) -> None:
     """Headless Chromium renders the link `sweep ui` printed: the trials by name, the best value."""
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
     spec, _, _, _ = demo_sweep
-    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
-    flags += " --disable-component-update --disable-sync --window-size=1600,1000 --virtual-time-budget=25000"
-    cmd = [chromium, *flags.split(), f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", ui.link]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    dom = browser_dom(ui.link, tmp_path / "profile", "--virtual-time-budget=25000")
     assert "Training runs" in dom
     for number in range(1, spec.budget.trials + 1):
         assert f"t{number:02d} " in dom
@@ -121,17 +109,15 @@ def test_the_runs_page_a_person_sees(ui, demo_sweep, tmp_path: Path) -> None:
     assert f"best val_top1={table['val_top1'].max():.4f}" in dom
 
 
-def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, capsys) -> None:
+def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, demo_promoted) -> None:
     import mlflow
 
     from trainers.classifier.config import ClassifierData
     from trainers.classifier.data import decode, load_splits
 
     spec, _, uri, base = demo_sweep
-    results = str(base / "results")
-    assert main(["evaluate", spec.name, "--results", results, "--tracking-uri", uri]) == 0
-    assert main(["promote", spec.name, "--results", results, "--tracking-uri", uri]) == 0
-    assert f"models:/{spec.name}@champion" in capsys.readouterr().out
+    code, printed = demo_promoted
+    assert code == 0 and f"models:/{spec.name}@champion" in printed, printed
     with store.fluent(uri):
         model = mlflow.pytorch.load_model(f"models:/{spec.name}@champion")
         info = mlflow.models.get_model_info(f"models:/{spec.name}@champion")
@@ -169,22 +155,19 @@ def test_the_study_is_kept_and_optuna_dashboard_serves_it(demo_sweep) -> None:
     assert served.stop() == 0
 
 
-def test_a_multi_objective_sweep_shows_its_pareto_front(tmp_path: Path) -> None:
+def test_a_multi_objective_sweep_shows_its_pareto_front(tmp_path: Path, ray_session) -> None:
     from sweep.records import pareto
     from sweep.runner import run_sweep
-    from sweep.spec import load_spec
+    from sweep.spec import parse_spec
 
     overrides = [
-        "budget.trials=5",
-        "budget.max_concurrent=2",
+        "name=multi",
+        "budget.trials=6",
         "fixed.epochs=2",
-        "dataset.image_size=12",
         "metric={name: [val_top1, val_loss], mode: [max, min]}",
         "sampler={name: nsga2, seed: 0}",
-        "scheduler.name=fifo",
-        "search.lr.low=1.0e-4",
     ]
-    spec = load_spec(ROOT / "search_spaces" / "demo.yaml", overrides)
+    spec = parse_spec(SCRIPTED, overrides)
     run_sweep(spec, results=tmp_path / "results", base=tmp_path)
     table = load_table(spec.name, store.resolve_uri(None, tmp_path)).frame
     expected = pareto(table[["val_top1", "val_loss"]].to_numpy().tolist(), ["max", "min"])

@@ -2,8 +2,6 @@
 the epochs), MLflow holds the runs, `sweep evaluate` scores the test part, `sweep detect` draws pictures."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from PIL import Image
 from sweep import store
 from sweep.runner import run_sweep
 from sweep.spec import parse_spec
+from tests.sweep.conftest import in_process
 from tests.trainers.synthetic_voc import make_voc
 
 pytestmark = pytest.mark.e2e
@@ -21,9 +20,7 @@ NAME = "shapes-det"
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    import ray
-
+def swept(tmp_path_factory, ray_session):
     base = tmp_path_factory.mktemp("det")
     make_voc(base / "data", n_trainval=80, n_test=16, seed=1)
     spec = parse_spec(
@@ -56,8 +53,14 @@ def swept(tmp_path_factory):
         }
     )
     run_sweep(spec, results=base / "results", base=base)
-    yield spec, store.resolve_uri(None, base), base
-    ray.shutdown()
+    return spec, store.resolve_uri(None, base), base
+
+
+@pytest.fixture(scope="module")
+def evaluated(swept):
+    """`sweep evaluate` of the detector sweep, once for the tests that need its test scores."""
+    _, _, base = swept
+    return in_process("evaluate", NAME, "--results", str(base / "results"))
 
 
 def _runs(uri: str):
@@ -100,15 +103,10 @@ def test_best_weights_and_per_class_ap_are_artifacts(swept) -> None:
     assert table["ap50"].mean() == pytest.approx(best)
 
 
-def _cli(base: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sweep", *args, "--results", str(base / "results")]
-    return subprocess.run(cmd, cwd=base, capture_output=True, text=True, timeout=300)
-
-
-def test_evaluate_scores_the_test_part(swept) -> None:
+def test_evaluate_scores_the_test_part(swept, evaluated) -> None:
     _, uri, base = swept
-    done = _cli(base, "evaluate", NAME)
-    assert done.returncode == 0, done.stderr
+    code, printed = evaluated
+    assert code == 0 and "test_map50" in printed, printed
     mlflow, _, runs = _runs(uri)
     scored = [r for r in runs if "test_map50" in mlflow.get_run(r.info.run_id).data.metrics]
     assert len(scored) == 1
@@ -117,7 +115,7 @@ def test_evaluate_scores_the_test_part(swept) -> None:
     assert (base / "results" / NAME / "test" / "per_class_ap.csv").exists()
 
 
-def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: Path) -> None:
+def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: Path, cli) -> None:
     from skimage import data as samples
 
     _, uri, base = swept
@@ -128,8 +126,8 @@ def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: P
     shapes = sorted((base / "data" / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[-1]
     shutil.copy(shapes, images / "shapes.jpg")
     out = tmp_path / "out"
-    done = _cli(base, "detect", NAME, "--images", str(images), "-o", str(out), "--proposals", "--score", "0.05")
-    assert done.returncode == 0, done.stderr
+    done = cli("detect", NAME, "--images", images, "-o", out, "--proposals", "--score", "0.05", *at(base), cwd=base)
+    assert done.returncode == 0, done
     for name, (w, h) in {"astronaut": (512, 512), "coffee": (600, 400), "shapes": (128, 128)}.items():
         pred = Image.open(out / f"{name}.png")
         pair = Image.open(out / f"{name}_proposals.png")
@@ -143,13 +141,13 @@ def test_detect_draws_predictions_and_proposals_on_any_images(swept, tmp_path: P
     assert {"detect/shapes.png", "detect/shapes_proposals.png"} <= logged
 
 
-def test_detect_refuses_a_missing_folder_in_one_line(swept, tmp_path: Path) -> None:
+def test_detect_refuses_a_missing_folder_in_one_line(swept, tmp_path: Path, cli) -> None:
     _, _, base = swept
-    done = _cli(base, "detect", NAME, "--images", str(tmp_path / "nope"), "-o", str(tmp_path / "o"))
+    done = cli("detect", NAME, "--images", tmp_path / "nope", "-o", tmp_path / "o", *at(base), cwd=base)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "folder not found" in done.stderr
 
 
-def test_promoted_detector_predicts_like_its_checkpoint(swept) -> None:
+def test_promoted_detector_predicts_like_its_checkpoint(swept, evaluated, cli) -> None:
     import mlflow
     import torch
 
@@ -157,8 +155,8 @@ def test_promoted_detector_predicts_like_its_checkpoint(swept) -> None:
     from trainers.detector.models import load_detector
 
     _, uri, base = swept
-    done = _cli(base, "promote", NAME)
-    assert done.returncode == 0, done.stderr
+    done = cli("promote", NAME, *at(base), cwd=base)
+    assert done.returncode == 0, done
     with store.fluent(uri):
         model = mlflow.pytorch.load_model(f"models:/{NAME}@champion")
         info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
@@ -173,13 +171,17 @@ def test_promoted_detector_predicts_like_its_checkpoint(swept) -> None:
     assert info.metadata["classes"] == ["circle", "square", "triangle"]
 
 
-def test_a_detector_report_has_per_class_ap_and_proposals(swept, tmp_path: Path) -> None:
+def test_a_detector_report_has_per_class_ap_and_proposals(swept, evaluated, tmp_path: Path, cli) -> None:
     from tests.sweep.test_report import assert_pictures
 
     _, _, base = swept
     out = tmp_path / "report"
-    done = _cli(base, "report", NAME, "-o", str(out))
-    assert done.returncode == 0, done.stderr
+    done = cli("report", NAME, "-o", out, *at(base), cwd=base)
+    assert done.returncode == 0, done
     kinds = ("curves", "history", "importances", "parallel", "per_class_ap", "proposals")
     assert_pictures(out, NAME, kinds)
     assert (out / "report.html").read_text().count("data:image/png;base64,") == len(kinds)
+
+
+def at(base: Path) -> list[str]:
+    return ["--results", str(base / "results")]

@@ -1,8 +1,6 @@
 """A real sweep: Ray Tune, Optuna and MLflow (SQLite), read back from MLflow."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +8,7 @@ import pytest
 
 from sweep import store
 from sweep.export import load_table, render
+from tests.conftest import sets
 from tests.sweep.conftest import QUICK, ROOT, SECRET
 from trainers.classifier.trainer import load_classifier
 
@@ -82,11 +81,12 @@ def test_tensorboard_event_files_per_trial(swept) -> None:
     assert all(list(Path(r.path).glob("events.out.tfevents.*")) for r in grid)
 
 
-def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path) -> None:
+def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path, cli) -> None:
     spec, _, uri, base = swept
     mlflow, _, runs = _runs(uri, spec.name)
     table = load_table(spec.name, uri)
-    columns = [c for c in table.frame.columns if c != "test_top1"]  # there once `sweep evaluate` ran
+    later = {"test_top1", "val_top1_mean", "val_top1_ci95", "seeds"}  # there once `sweep evaluate` / `rerun` ran
+    columns = [c for c in table.frame.columns if c not in later]
     assert columns == ["rank", "trial", "run", *spec.search, "val_top1", "epochs", "wall_s", "state"]
     assert list(table.frame["rank"]) == list(range(1, spec.budget.trials + 1))
     assert table.frame["val_top1"].is_monotonic_decreasing
@@ -104,68 +104,33 @@ def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path) -> None:
             else:
                 assert row[p] is None or (isinstance(row[p], float) and math.isnan(row[p]))
     out = tmp_path / "best.csv"
-    cli = [
-        sys.executable,
-        "-m",
-        "sweep",
-        "export",
-        spec.name,
-        "--format",
-        "csv",
-        "-o",
-        str(out),
-        "--results",
-        str(base / "results"),
-    ]
-    done = subprocess.run(cli, cwd=base, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = cli("export", spec.name, "--format", "csv", "-o", out, "--results", base / "results", cwd=base)
+    assert done.returncode == 0, done
     exported = pd.read_csv(out)
     assert list(exported["trial"]) == list(table.frame["trial"])
     assert exported["val_top1"].tolist() == pytest.approx(table.frame["val_top1"].tolist())
     assert "\\begin{tabular}" in render(table, "latex") and render(table, "md").startswith("|")
 
 
-def test_status_command(swept) -> None:
+def test_status_command(swept, cli) -> None:
     spec, _, _, base = swept
-    done = subprocess.run(
-        [sys.executable, "-m", "sweep", "status", spec.name, "--results", str(base / "results")],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = cli("status", spec.name, "--results", base / "results", cwd=base)
+    assert done.returncode == 0, done
     assert f"sweep {spec.name}: {spec.budget.trials} trials" in done.stdout and "best val_top1=" in done.stdout
 
 
-def test_running_again_without_resume_is_refused(swept) -> None:
+def test_running_again_without_resume_is_refused(swept, cli) -> None:
     spec, _, _, base = swept
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sweep",
-            "run",
-            str(ROOT / "search_spaces" / "demo.yaml"),
-            *[a for o in QUICK for a in ("--set", o)],
-            "--results",
-            str(base / "results"),
-        ],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "already ran" in done.stderr and "Traceback" not in done.stderr
+    demo = ROOT / "search_spaces" / "demo.yaml"
+    done = cli("run", demo, *sets(*QUICK), "--results", base / "results", cwd=base)
+    assert done.returncode == 2 and "already ran" in done.stderr and done.stderr.count("\n") == 1, done
 
 
-def test_evaluate_scores_the_best_trial_on_the_test_part(swept) -> None:
+def test_evaluate_scores_the_best_trial_on_the_test_part(swept, demo_evaluated) -> None:
     from PIL import Image
 
-    from sweep.evaluate import evaluate_best
-
     spec, _, uri, base = swept
-    scores = evaluate_best(spec.name, base / "results", uri)
+    scores = demo_evaluated
     table = load_table(spec.name, uri)
     assert scores["trial"] == table.frame.iloc[0]["trial"]
     assert scores["test_n"] == 360 and scores["test_top1"] > 0.5
@@ -187,18 +152,10 @@ def test_evaluate_scores_the_best_trial_on_the_test_part(swept) -> None:
     }
 
 
-def test_missing_dataset_fails_before_any_trial(tmp_path: Path) -> None:
-    cli = [
-        sys.executable,
-        "-m",
-        "sweep",
-        "run",
-        str(ROOT / "search_spaces" / "resnet.yaml"),
-        "--set",
-        f"dataset.root={tmp_path / 'nowhere'}",
-    ]
-    done = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
+def test_missing_dataset_fails_before_any_trial(tmp_path: Path, cli) -> None:
+    resnet = ROOT / "search_spaces" / "resnet.yaml"
+    done = cli("run", resnet, "--set", f"dataset.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert done.returncode == 2, done
     assert "no 101_ObjectCategories folder in" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns.db").exists()
 

@@ -2,8 +2,6 @@
 trial per group, a min-mode metric, ties."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,16 +10,16 @@ import pytest
 from sweep import store
 from sweep.export import compare, load_table, ranked, render
 from sweep.runner import run_sweep
-from sweep.spec import load_spec
-from tests.sweep.conftest import QUICK, ROOT
+from sweep.spec import parse_spec
+from tests.conftest import SCRIPTED
 
 
 @pytest.fixture(scope="module")
-def loss_sweep(tmp_path_factory):
+def loss_sweep(tmp_path_factory, ray_session):
     """A second sweep, ranked by a metric to minimise, in a store of its own."""
     base = tmp_path_factory.mktemp("loss")
-    overrides = [*QUICK, "name=digits-loss", "budget.trials=3", "fixed.epochs=2", "scheduler.name=fifo"]
-    spec = load_spec(ROOT / "search_spaces" / "demo.yaml", [*overrides, "metric={name: val_loss, mode: min}"])
+    overrides = ["name=digits-loss", "budget.trials=3", "fixed.epochs=2", "metric={name: val_loss, mode: min}"]
+    spec = parse_spec(SCRIPTED, overrides)
     run_sweep(spec, results=base / "results", base=base)
     return spec, store.resolve_uri(None, base), base
 
@@ -53,7 +51,7 @@ def test_a_min_metric_is_ranked_lowest_first_from_one_bulk_read(loss_sweep, monk
 
 
 @pytest.mark.e2e
-def test_several_sweeps_give_one_table_of_their_best(demo_sweep, loss_sweep, tmp_path: Path) -> None:
+def test_several_sweeps_give_one_table_of_their_best(demo_sweep, loss_sweep, tmp_path: Path, cli) -> None:
     demo, _, demo_uri, demo_base = demo_sweep
     loss, loss_uri, loss_base = loss_sweep
     results = tmp_path / "results"
@@ -61,9 +59,8 @@ def test_several_sweeps_give_one_table_of_their_best(demo_sweep, loss_sweep, tmp
         (results / name).mkdir(parents=True)
         (results / name / "sweep.json").write_bytes((base / "results" / name / "sweep.json").read_bytes())
     out = tmp_path / "both.csv"
-    cmd = [sys.executable, "-m", "sweep", "export", demo.name, loss.name, "--format", "csv", "-o", str(out)]
-    done = subprocess.run([*cmd, "--results", str(results)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = cli("export", demo.name, loss.name, "--format", "csv", "-o", out, "--results", results, cwd=tmp_path)
+    assert done.returncode == 0, done
     table = pd.read_csv(out)
     assert list(table["sweep"]) == [demo.name, loss.name] and table.columns[0] == "sweep"
     assert table.loc[0, "val_top1"] == pytest.approx(

@@ -1,43 +1,82 @@
-"""A trial whose loss diverges ends with its reason, not retried (a killed worker: tests/sweep/test_cluster.py)."""
+"""A trial whose loss diverges ends with its reason, not retried; a trial that raises errors, is retried as the
+budget allows, and the sweep exits 1 with one line (a killed worker: tests/sweep/test_cluster.py)."""
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sweep import store
-from tests.sweep.conftest import QUICK, ROOT
+from tests.conftest import scripted_spec, sets
 
 pytestmark = pytest.mark.e2e
+GRID = [
+    "budget.trials=2",
+    "budget.max_failures=2",
+    "fixed.epochs=2",
+    "sampler.name=grid",
+    "search={lr: {type: categorical, choices: [0.05, 0.001]}}",
+]
 
 
-def test_diverged_trial_ends_with_its_reason_and_no_retry(tmp_path: Path) -> None:
-    """Non-finite loss: the trial is stopped and marked with the reason, not retried; the sweep goes on."""
-    overrides = [
-        *QUICK,
-        "budget.trials=2",
-        "budget.max_failures=2",
-        "fixed.epochs=2",
-        "scheduler.name=fifo",
-        "sampler.name=grid",
-        "search={lr: {type: categorical, choices: [0.05, 1.0e+30]}, optimizer: {type: categorical, choices: [adam]}}",
-    ]
-    cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
-    cmd += [a for o in overrides for a in ("--set", o)]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"diverged in epoch 1: (non-finite|training loss exploded)", done.stdout), done.stdout
+def trials(uri: str, name: str, key: str = "lr") -> dict[float, object]:
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    parent = store.parent_runs(mlflow, exp.experiment_id, name)[0]
+    return {float(r.data.params[key]): r for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
 
-    mlflow = store.client(store.resolve_uri(None, tmp_path))
-    exp = mlflow.get_experiment_by_name("digits-demo")
-    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
-    runs = {float(r.data.params["lr"]): r for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
-    assert sorted(runs) == [0.05, 1e30]
-    bad, good = runs[1e30], runs[0.05]
+
+def test_diverged_trial_ends_with_its_reason_and_no_retry(tmp_path: Path, cli, ray_session) -> None:
+    """Non-finite loss in the second epoch of one trial: it is stopped and marked with the reason, not retried; the
+    other trial completes and the sweep exits 0."""
+    spec = scripted_spec(tmp_path, *GRID, "search={diverge_at: {type: categorical, choices: [0, 2]}}")
+    done = cli("run", spec, cwd=tmp_path)
+    assert done.returncode == 0, done
+    assert "diverged in epoch 2: non-finite training loss" in done.stdout, done
+
+    uri = store.resolve_uri(None, tmp_path)
+    mlflow = store.client(uri)
+    runs = trials(uri, "scripted", "diverge_at")
+    bad, good = runs[2], runs[0]
     assert bad.info.status == "FINISHED" and bad.data.tags["sweep.state"] == "diverged"
-    assert re.match(r"diverged in epoch 1: (non-finite|training loss exploded)", bad.data.tags["sweep.stop_reason"])
+    assert bad.data.tags["sweep.stop_reason"].startswith("diverged in epoch 2: non-finite training loss")
     assert "sweep.retries" not in bad.data.tags  # ended, not retried
+    assert [m.step for m in mlflow.get_metric_history(bad.info.run_id, "train_loss")] == [1]
     assert good.data.tags["sweep.state"] == "completed"
     assert [m.step for m in mlflow.get_metric_history(good.info.run_id, "val_top1")] == [1, 2]
+
+
+def test_errored_trials_exit_1_with_the_first_reason_and_no_traceback(tmp_path: Path, cli, ray_session) -> None:
+    """Each trial raises in its first epoch, is retried ``max_failures`` times, then errors: the exit code says
+    so, the terminal gets one line for it and Ray's tracebacks go to the sweep's log file; a trial that only fails
+    on another lr completes."""
+    spec = scripted_spec(tmp_path, *GRID, "budget.max_failures=1")
+    done = cli("run", spec, *sets("fixed.fail_at=1"), cwd=tmp_path)
+    assert done.returncode == 1, done
+    assert "2 of 2 trials errored; first" in done.stderr and "scripted failure in epoch 1" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Traceback" in (tmp_path / "results" / "scripted" / "ray.log").read_text()
+    runs = trials(store.resolve_uri(None, tmp_path), "scripted")
+    assert sorted(runs) == [0.001, 0.05]
+    for run in runs.values():
+        assert run.info.status == "FAILED" and run.data.tags["sweep.state"] == "errored"
+        assert run.data.tags["sweep.retries"] == "1" and "scripted failure" in run.data.tags["sweep.error"]
+
+
+def test_resume_after_the_state_names_a_deleted_checkpoint(tmp_path: Path, cli, ray_session) -> None:
+    """A driver killed between Ray deleting a trial's older checkpoint and saving the state that names the newer one
+    leaves a state pointing at a folder that is gone: ``--resume`` points the trial at the newest checkpoint its
+    folder holds, and it goes on from there (no epoch redone, none missing)."""
+    spec = scripted_spec(tmp_path, "budget={trials: 1, max_concurrent: 1, max_failures: 0, checkpoint_every_s: 0}")
+    first = cli("run", spec, *sets("fixed.epochs=4", "fixed.fail_once_at=3"), cwd=tmp_path)
+    assert first.returncode == 1, first  # errored in epoch 3, checkpointed after epoch 2
+    trial_dir = next(p for p in (tmp_path / "results" / "scripted" / "tune").iterdir() if p.is_dir())
+    [kept] = sorted(trial_dir.glob("checkpoint_*"))
+    newer = kept.with_name(f"checkpoint_{int(kept.name.split('_')[1]) + 1:06d}")
+    kept.rename(newer)  # the state names `kept`, which is gone; the folder holds a newer one
+    resumed = cli("run", spec, "--resume", *sets("fixed.epochs=4", "fixed.fail_once_at=3"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed
+    uri = store.resolve_uri(None, tmp_path)
+    [run] = trials(uri, "scripted").values()
+    assert run.info.status == "FINISHED" and run.data.tags["sweep.state"] == "completed"
+    assert run.data.tags["sweep.resumed_after_epoch"] == "2"
+    assert [m.step for m in store.client(uri).get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3, 4]

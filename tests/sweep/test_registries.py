@@ -50,7 +50,20 @@ def test_every_sampler_drives_the_search_space(name: str) -> None:
         seen.append(config)
         study.tell(trial, float(config["lr"]) + i * 1e-3)
     assert all(("momentum" in c) == (c["optimizer"] == "sgd") for c in seen)
-    assert all(spec.search["lr"].low <= c["lr"] <= spec.search["lr"].high for c in seen) if not grid else True
+    # Ray Tune pickles the searcher and its sampler into the experiment state (--resume reads it back)
+    from ray import cloudpickle
+
+    restored = cloudpickle.loads(cloudpickle.dumps(sampler))
+    study.sampler = restored
+    trial = study.ask()
+    assert "lr" in sample(spec.search, trial)
+    if grid:  # points of the grid only
+        grid_points = {(lr, "adamw", None) for lr in (0.01, 0.1)} | {
+            (lr, "sgd", m) for lr in (0.01, 0.1) for m in (0.8, 0.9)
+        }
+        assert {(c["lr"], c["optimizer"], c.get("momentum")) for c in seen} <= grid_points
+    else:
+        assert all(spec.search["lr"].low <= c["lr"] <= spec.search["lr"].high for c in seen)
 
 
 def test_same_seed_same_suggestions() -> None:
@@ -68,13 +81,24 @@ def test_same_seed_same_suggestions() -> None:
 
 
 @pytest.mark.parametrize("name", SCHEDULERS.names())
-def test_every_scheduler_builds(name: str) -> None:
+def test_every_scheduler_builds_with_the_spec_settings(name: str) -> None:
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
     scheduler = build_scheduler(spec_with(**{"scheduler.name": name}))
-    assert scheduler is not None
-    if name == "asha":
-        assert scheduler._max_t == 6
+    kinds = {
+        "asha": AsyncHyperBandScheduler,
+        "hyperband": HyperBandScheduler,
+        "median": MedianStoppingRule,
+        "fifo": FIFOScheduler,
+    }
+    assert type(scheduler) is kinds[name]
+    if name == "asha":  # the demo's: 6 epochs, grace 1, reduction 3 -> rungs at 1 and 3 epochs
+        assert scheduler._max_t == 6 and [epoch for epoch, _ in scheduler._brackets[0]._rungs] == [3, 1]
 
 
 def test_trainer_registry() -> None:
-    assert TRAINERS.names() == ["classifier", "detector", "mmdet"]
-    assert TRAINERS.get("classifier").load().fit
+    from trainers.base import Trainer
+
+    assert {"classifier", "detector", "mmdet"} <= set(TRAINERS.names())  # and the tests' own `scripted`
+    for name in ("classifier", "detector", "mmdet"):
+        assert isinstance(TRAINERS.get(name).load(), Trainer)

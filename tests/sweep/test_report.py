@@ -2,8 +2,6 @@
 self-contained HTML page shows them all in a real browser; the figures are logged to the parent run."""
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from PIL import Image
 
 from sweep import store
 from sweep.cli import main
+from tests.conftest import browser_dom
 
 pytestmark = pytest.mark.e2e
 CLASSIFIER_FIGURES = ("curves", "history", "importances", "parallel", "confusion", "tsne")
@@ -25,7 +24,9 @@ def assert_pictures(folder: Path, name: str, kinds: tuple[str, ...]) -> None:
         assert pixels.std() > 10, f"{kind} is blank"
 
 
-def test_a_classifier_report_has_every_figure_and_reads_in_a_browser(demo_sweep, tmp_path: Path, capsys) -> None:
+def test_a_classifier_report_has_every_figure_and_reads_in_a_browser(
+    demo_sweep, demo_evaluated, tmp_path: Path, capsys
+) -> None:
     spec, _, uri, base = demo_sweep
     out = tmp_path / "report"
     assert main(["report", spec.name, "-o", str(out), "--results", str(base / "results"), "--tracking-uri", uri]) == 0
@@ -35,17 +36,7 @@ def test_a_classifier_report_has_every_figure_and_reads_in_a_browser(demo_sweep,
     assert "**Early stopping** (asha)" in md and "### Search space" in md and "```yaml" in md
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(CLASSIFIER_FIGURES)  # self-contained
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
-    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
-    cmd = [
-        chromium,
-        *flags.split(),
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--dump-dom",
-        (out / "report.html").as_uri(),
-    ]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = browser_dom((out / "report.html").as_uri(), tmp_path / "profile", timeout=120)
     assert len(re.findall(r"<img [^>]*src=\"data:image/png", dom)) == len(CLASSIFIER_FIGURES)
     assert "t-SNE map of the best model" in dom and "<table" in dom
     mlflow = store.client(uri)

@@ -6,7 +6,6 @@ import math
 import pytest
 
 from sweep import store
-from sweep.cli import main
 from sweep.export import interval, load_table
 
 pytestmark = pytest.mark.e2e
@@ -19,12 +18,10 @@ def test_interval_is_students_t() -> None:
     assert interval([0.5])[1] != interval([0.5])[1]  # one value: no interval (NaN)
 
 
-def test_rerun_gives_k_times_s_runs_and_their_intervals(demo_sweep, capsys) -> None:
+def test_rerun_gives_k_times_s_runs_and_their_intervals(demo_sweep, demo_rerun) -> None:
     spec, _, uri, base = demo_sweep
-    before = load_table(spec.name, uri).frame
-    top = list(before["trial"][:2])
-    assert main(["rerun", spec.name, "--top", "2", "--seeds", "2", "--results", str(base / "results")]) == 0
-    assert "± " in capsys.readouterr().out
+    code, printed, top = demo_rerun
+    assert code == 0 and printed.count("(95% CI, 2 seeds") == 2 and "± " in printed, printed
     mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(spec.name).experiment_id
     parent = store.parent_runs(mlflow, exp, spec.name)[0]

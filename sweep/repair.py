@@ -1,0 +1,105 @@
+"""Before ``--resume``: Ray Tune's saved state made consistent with the checkpoints that really exist.
+
+Ray deletes a trial's older checkpoint as soon as it registers a newer one, and writes the experiment state (which
+names the checkpoint to restore from) a moment later. A driver killed (-9, power cut) in between leaves a state
+whose trial points at a deleted folder: Ray's restore then fails that trial on every ``--resume``. Here each such
+trial is pointed at the newest checkpoint its folder does hold (or, with none left, at none: it starts over, and
+the tracking records skip the epochs they hold already).
+
+The state is Ray's own file, read and written with Ray's own encoder; it is the sweep's own (this process or an
+earlier driver of the same sweep wrote it), which is why its pickled parts may be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sweep import storage
+
+LIFECYCLE = "lifecycle.json"
+
+
+def repair(place: storage.Storage) -> list[str]:
+    """Point every trial of the sweep's saved state whose checkpoint is gone at its newest existing one; returns
+    the ids of the trials changed (the file is rewritten only when there are any)."""
+    from pyarrow import fs as pafs
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    filesystem, root = _filesystem(place)
+    states = [
+        f.path
+        for f in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if f.base_name.startswith("experiment_state-") and f.base_name.endswith(".json")
+    ]
+    if not states:
+        return []
+    latest = max(states)
+    with filesystem.open_input_stream(latest) as f:
+        state = _loads_with_cloudpickle(f.read())
+    changed = []
+    for entry in state.get("trial_data", []):
+        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+        meta = _loads_with_cloudpickle(entry[1]) if isinstance(entry[1], str) else entry[1]
+        manager = meta.get("checkpoint_manager")
+        trial_id = str(trial.get("trial_id", ""))
+        if manager is None or not _fix(manager, filesystem, f"{root}/{_dirname(trial, trial_id)}"):
+            continue
+        entry[1] = json.dumps(meta, cls=TuneFunctionEncoder, indent=2)
+        changed.append(trial_id)
+    if changed:
+        text = json.dumps(state, cls=TuneFunctionEncoder, indent=2)
+        with filesystem.open_output_stream(latest + ".tmp") as f:
+            f.write(text.encode())
+        filesystem.move(latest + ".tmp", latest)
+    return changed
+
+
+def _filesystem(place: storage.Storage) -> tuple[Any, str]:
+    from pyarrow import fs as pafs
+
+    remote = place.filesystem()
+    return (remote, place.tune_path) if remote is not None else (pafs.LocalFileSystem(), place.tune_path)
+
+
+def _dirname(trial: dict[str, Any], trial_id: str) -> str:
+    return str(trial.get("relative_logdir") or trial.get("_relative_logdir") or trial_id)
+
+
+def _fix(manager: Any, filesystem: Any, trial_dir: str) -> bool:
+    """Drop the manager's checkpoints that are gone; when its latest is one of them, the newest the folder holds
+    takes its place. True when anything changed."""
+    from pyarrow import fs as pafs
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    def exists(path: str) -> bool:
+        return bool(filesystem.get_file_info(path).type != pafs.FileType.NotFound)
+
+    latest = manager._latest_checkpoint_result
+    if latest is None or latest.checkpoint is None or exists(latest.checkpoint.path):
+        return False
+    manager._checkpoint_results = [
+        r for r in manager._checkpoint_results if r.checkpoint is not None and exists(r.checkpoint.path)
+    ]
+    folders = sorted(
+        f.path
+        for f in filesystem.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+        if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
+    )
+    newest = None
+    for folder in reversed(folders):
+        saved = f"{folder}/{LIFECYCLE}"
+        if exists(saved):
+            with filesystem.open_input_stream(saved) as f:
+                epoch = int(json.loads(f.read())["epoch"])
+            checkpoint = Checkpoint(folder, filesystem=latest.checkpoint.filesystem)
+            newest = _TrainingResult(checkpoint, {**latest.metrics, "training_iteration": epoch, "epoch": epoch})
+            break
+    paths = {r.checkpoint.path for r in manager._checkpoint_results if r.checkpoint is not None}
+    if newest is not None and folder not in paths:
+        manager._checkpoint_results.append(newest)
+    manager._latest_checkpoint_result = newest or (
+        manager._checkpoint_results[-1] if manager._checkpoint_results else None
+    )
+    return True
