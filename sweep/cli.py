@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score", type=float, default=0.5, help="draw predictions scoring at least this (0.5)")
     detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
-    again = name_cmd("rerun", "re-run the best configurations with new seeds: mean ± 95% CI")
+    again = name_cmd("rerun", "re-run the best configurations with new seeds: mean ± 95%% CI")
     again.add_argument("--top", type=int, default=3, help="how many of the best configurations (default 3)")
     again.add_argument("--seeds", type=int, default=5, help="new seeds for each (default 5)")
     again.add_argument("--address", help="join an existing Ray cluster")

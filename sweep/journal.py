@@ -35,11 +35,36 @@ _PERMANENT = {
 }
 
 
+_DENIED = {"PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
 def transient(error: Exception) -> bool:
-    """An error worth retrying later (store unreachable or busy), not a rejected write."""
+    """An error worth retrying later (store unreachable or busy, or refusing this user's writes), not a rejected
+    write."""
     from mlflow.exceptions import MlflowException
 
     return not (isinstance(error, MlflowException) and error.error_code in _PERMANENT)
+
+
+def denied(error: Exception) -> bool:
+    """The store answered, and refuses this user's writes (a read-only account, a wrong password)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and error.error_code in _DENIED
+
+
+def read_journal(path: Path) -> tuple[list[Op], int]:
+    """The operations a journal file holds, and how many of its lines could not be read (a line cut short by a
+    power cut or a full disk: what parses is kept)."""
+    ops, skipped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            ops.append(json.loads(line))
+        except json.JSONDecodeError:
+            skipped += 1
+    return ops, skipped
 
 
 class MlflowWriter:
@@ -204,6 +229,8 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None
         """Set by :meth:`drain`: the thread gives up on an unreachable store at this time."""
+        self.refused: str | None = None
+        """Why the store refused this user's writes, when it did (the records are kept)."""
 
     def start(self) -> Journal:
         self._thread = threading.Thread(target=self._deliver, name="sweep-tracking", daemon=True)
@@ -238,10 +265,12 @@ class Journal:
                     continue
                 self._next_try = time.monotonic() + self.retry_every_s
                 self._spool()
+                reason = redact(str(e).splitlines()[0][:200]) if str(e).strip() else type(e).__name__
+                self.refused = reason if denied(e) else None
                 if not self._warned:
+                    what = "refuses this user's writes" if self.refused else "unreachable"
                     print(
-                        f"tracking: store unreachable ({redact(str(e).splitlines()[0][:200])}); training goes on, "
-                        f"records are kept in {self.path}",
+                        f"tracking: store {what} ({reason}); training goes on, records are kept in {self.path}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -332,9 +361,18 @@ def replay(path: Path, writer: MlflowWriter, uri: str) -> int:
         ) from None
     if parent.info.experiment_id != writer.exp_id:
         raise SweepError(f"sync: run {writer.parent_id} in {redact(uri)} is not in the sweep's experiment")
-    ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ops, skipped = read_journal(path)
+    if skipped:
+        print(f"sync: {skipped} unreadable lines of {path} skipped (cut short); {len(ops)} read", file=sys.stderr)
+    count = len(ops)
     journal = Journal(writer, path)
+    journal._warned = True  # the one line below says what happened, not the journal's own notices
     journal.pending = ops
     if not journal.flush(force=True):
+        if journal.refused:
+            raise SweepError(
+                f"sync: {redact(uri)} refuses this user's writes ({journal.refused}); log in as a user who may "
+                f"write (MLFLOW_TRACKING_USERNAME / _PASSWORD); {len(journal.pending)} records kept in {path}"
+            )
         raise SweepError(f"sync: {redact(uri)} is still unreachable; {len(journal.pending)} records kept in {path}")
-    return len(ops)
+    return count

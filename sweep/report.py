@@ -227,7 +227,7 @@ pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"""
 def _html(caption: str, top: pd.DataFrame, sections: list[Section]) -> str:
     import markdown_it
 
-    md = markdown_it.MarkdownIt("commonmark").enable("table")
+    md = markdown_it.MarkdownIt("commonmark", {"html": False}).enable("table")  # a description is text, never markup
     body = ["<h1>Sweep report</h1>", render(top.drop(columns="weights", errors="ignore"), "html", caption=caption)]
     for s in sections:
         body.append(f"<h2>{html.escape(s.name)}</h2>")

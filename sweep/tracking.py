@@ -10,7 +10,6 @@ parent and its unfinished trials KILLED, so nothing stays RUNNING; ``--resume`` 
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from sweep.interrupts import INTERRUPTED
-from sweep.journal import Journal, MlflowWriter
+from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.runner import NODE_TAG, flat_config
 from sweep.storage import best_files
 from sweep.store import STATE_TAG, STOP_REASON, client
@@ -106,7 +105,13 @@ class MlflowCallback(Callback):
             )
             self._journal = Journal(writer, self.journal_path)
             if self.journal_path.exists():  # left by an earlier driver of this sweep: deliver it first
-                self._journal.pending = [json.loads(x) for x in self.journal_path.read_text().splitlines() if x]
+                self._journal.pending, skipped = read_journal(self.journal_path)
+                if skipped:
+                    print(
+                        f"tracking: {skipped} unreadable lines of {self.journal_path} skipped (cut short); "
+                        f"{len(self._journal.pending)} kept records are delivered first",
+                        file=sys.stderr,
+                    )
             self._journal.start()  # writes leave Tune's event loop; one thread keeps their order
         return self._journal
 

@@ -48,17 +48,6 @@ def demo_promoted(demo_evaluated, demo_sweep):
     return in_process("promote", spec.name, "--results", str(base / "results"), "--tracking-uri", uri)
 
 
-@pytest.fixture(scope="session")
-def demo_rerun(demo_sweep):
-    """`sweep rerun --top 2 --seeds 2` of the demo sweep: (its exit code, what it printed, the trials it repeated)."""
-    from sweep.export import load_table
-
-    spec, _, uri, base = demo_sweep
-    top = list(load_table(spec.name, uri).frame["trial"][:2])
-    code, printed = in_process("rerun", spec.name, "--top", "2", "--seeds", "2", "--results", str(base / "results"))
-    return code, printed, top
-
-
 def in_process(*argv: str) -> tuple[int, str]:
     """A ``sweep`` command run in this process for a session fixture (no capsys there): exit code and stdout."""
     import contextlib

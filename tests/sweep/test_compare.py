@@ -20,7 +20,7 @@ from sweep.cli import main
 from sweep.export import load_table
 from tests.conftest import SCRIPTED, browser_dom, free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker: shared fixture
 
 
 class Served:

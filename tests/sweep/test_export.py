@@ -13,6 +13,8 @@ from sweep.runner import run_sweep
 from sweep.spec import parse_spec
 from tests.conftest import SCRIPTED
 
+pytestmark = pytest.mark.xdist_group("demo")  # one worker runs the fixture it shares
+
 
 @pytest.fixture(scope="module")
 def loss_sweep(tmp_path_factory, ray_session):

@@ -12,7 +12,7 @@ from sweep import store
 from sweep.cli import main
 from tests.conftest import browser_dom
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker: shared fixture
 CLASSIFIER_FIGURES = ("curves", "history", "importances", "parallel", "confusion", "tsne")
 
 

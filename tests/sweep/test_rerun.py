@@ -7,6 +7,8 @@ import pytest
 
 from sweep import store
 from sweep.export import interval, load_table
+from tests.conftest import SCRIPTED
+from tests.sweep.conftest import in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -18,9 +20,24 @@ def test_interval_is_students_t() -> None:
     assert interval([0.5])[1] != interval([0.5])[1]  # one value: no interval (NaN)
 
 
-def test_rerun_gives_k_times_s_runs_and_their_intervals(demo_sweep, demo_rerun) -> None:
-    spec, _, uri, base = demo_sweep
-    code, printed, top = demo_rerun
+@pytest.fixture(scope="module")
+def reran(tmp_path_factory, ray_session):
+    """A scripted sweep, then `sweep rerun --top 2 --seeds 2` of it: (spec, uri, exit code, printed, the trials
+    it repeated)."""
+    from sweep.runner import run_sweep
+    from sweep.spec import parse_spec
+
+    base = tmp_path_factory.mktemp("rerun")
+    spec = parse_spec(SCRIPTED, ["name=reran"])
+    run_sweep(spec, results=base / "results", base=base)
+    uri = store.resolve_uri(None, base)
+    top = list(load_table(spec.name, uri).frame["trial"][:2])
+    code, printed = in_process("rerun", spec.name, "--top", "2", "--seeds", "2", "--results", str(base / "results"))
+    return spec, uri, code, printed, top
+
+
+def test_rerun_gives_k_times_s_runs_and_their_intervals(reran) -> None:
+    spec, uri, code, printed, top = reran
     assert code == 0 and printed.count("(95% CI, 2 seeds") == 2 and "± " in printed, printed
     mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(spec.name).experiment_id

@@ -19,7 +19,7 @@ from tests.conftest import scripted_spec, sweep_env
 
 pytestmark = pytest.mark.e2e
 TRIALS = 6
-OVERRIDES = [f"budget.trials={TRIALS}", "fixed.epochs=6", "fixed.epoch_s=0.5", "sampler.n_startup_trials=3"]
+OVERRIDES = [f"budget.trials={TRIALS}", "fixed.epochs=6", "fixed.epoch_s=0.3", "sampler.n_startup_trials=3"]
 
 
 def finished(uri: str, name: str, base: Path) -> int:

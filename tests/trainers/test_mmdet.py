@@ -25,6 +25,9 @@ CONFIG = "mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py"
 HP = {"epochs": 2, "batch_size": 4, "lr": 0.001, "optimizer": "adamw", "input_size": 128, "warmup_iters": 5}
 
 
+pytestmark = pytest.mark.xdist_group("mmdet")  # one worker runs the fixture it shares
+
+
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
     root = tmp_path_factory.mktemp("voc")
@@ -89,8 +92,16 @@ def test_missing_environment_or_config_is_refused_before_the_sweep(voc, tmp_path
         preflight(voc, {"config": str(tmp_path / "missing.py")})
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Four pictures: what one epoch of a big config needs to show that it trains, is scored and checkpointed."""
+    root = tmp_path_factory.mktemp("tiny")
+    make_voc(root, n_trainval=4, n_test=1)
+    return {"name": "voc", "root": str(root / "VOCdevkit"), "train": ["2007-trainval"], "val_fraction": 0.25}
+
+
 @pytest.mark.parametrize("spec_file", ["sparse_rcnn.yaml", "yolov3.yaml"])
-def test_the_shipped_sparse_rcnn_and_yolov3_configs_train_an_epoch(spec_file: str, voc, tmp_path: Path) -> None:
+def test_the_shipped_sparse_rcnn_and_yolov3_configs_train_an_epoch(spec_file: str, tiny, tmp_path: Path) -> None:
     """The configs the shipped search spaces name (Sparse R-CNN R-50, YOLOv3 Darknet-53), from scratch at a tiny
     input: an epoch trains, is scored and checkpointed through the backend."""
     import yaml
@@ -99,7 +110,7 @@ def test_the_shipped_sparse_rcnn_and_yolov3_configs_train_an_epoch(spec_file: st
     config = yaml.safe_load((root / "search_spaces" / spec_file).read_text())["model"]["config"]
     hp = {"epochs": 1, "batch_size": 2, "lr": 1e-4, "optimizer": "adamw", "input_size": 64, "warmup_iters": 2}
     reporter = ListReporter()
-    params = TrialParams(voc, {"config": config, "weights": "none"}, hp, tmp_path / "w", threads=2)
+    params = TrialParams(tiny, {"config": config, "weights": "none"}, hp, tmp_path / "w", threads=2)
     result = MmdetTrainer().fit(params, reporter)
     assert [m["epoch"] for m in reporter.metrics] == [1.0] and result.epochs_run == 1
     assert 0 <= reporter.metrics[0]["val_map50"] <= 1 and reporter.metrics[0]["train_loss"] > 0
