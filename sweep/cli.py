@@ -270,6 +270,7 @@ def _ui(args: argparse.Namespace) -> int:
             metric = parents[0].data.tags.get("sweep.metric", "").split(",")[0] or None
             mode = parents[0].data.tags.get("sweep.mode", "max").split(",")[0]
     if uri.startswith(("http://", "https://")):  # a tracking server has its UI already
+        _server_answers(uri)
         print(f"MLflow UI of the tracking server: {store.runs_link(uri, exp_id, metric, mode)}")
         return 0
     url = _free_url(args.host, args.port)
@@ -277,6 +278,22 @@ def _ui(args: argparse.Namespace) -> int:
     cmd += ["--workers", "1"]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI job runners: not needed to read sweeps
     return serve(cmd, f"{url}/health", store.runs_link(url, exp_id, metric, mode), "MLflow UI", env)
+
+
+def _server_answers(uri: str) -> None:
+    """A tracking server's UI link is printed only when the server answers."""
+    import urllib.error
+    import urllib.request
+
+    from sweep import store
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered (a protected route)
+    except OSError as e:
+        raise SweepError(f"tracking.uri: cannot reach {store.redact(uri)}: {getattr(e, 'reason', e)}") from None
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -322,8 +339,25 @@ def _free_url(host: str, port: int) -> str:
         try:
             s.bind((host, port))
         except OSError as e:
+            import errno
+
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                raise SweepError(f"--host {host}: not an address of this machine ({e.strerror})") from None
             raise SweepError(f"--port: {host}:{port} is in use ({e.strerror}); choose another with --port") from None
     return f"http://{host}:{port}"
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--experiment", help="MLflow experiment (default: the sweep's name)")
     export.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
     export.add_argument("--group-by", metavar="KEY", help="a parameter or tag: the best trial of each value")
-    export.add_argument("--top", type=int, help="only the best K trials (of each sweep and group)")
+    export.add_argument("--top", type=_at_least_one, help="only the best K trials (of each sweep and group)")
     export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")
     export.set_defaults(func=_export)
     name_cmd("evaluate", "score the best trial on the test part").set_defaults(func=_evaluate)
@@ -397,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=_detect)
     name_cmd("sync", "deliver tracking records kept while the store was unreachable").set_defaults(func=_sync)
     again = name_cmd("rerun", "re-run the best configurations with new seeds: mean ± 95%% CI")
-    again.add_argument("--top", type=int, default=3, help="how many of the best configurations (default 3)")
+    again.add_argument("--top", type=_at_least_one, default=3, help="how many of the best configurations (default 3)")
     again.add_argument("--seeds", type=int, default=5, help="new seeds for each (default 5)")
     again.add_argument("--address", help="join an existing Ray cluster")
     again.set_defaults(func=_rerun)
@@ -421,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=_tensorboard)
     for p, port in ((ui, 5000), (board, 8080), (tb, 6006)):
         p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=port, help="port to serve on (default: %(default)s)")
+        p.add_argument("--port", type=_port, default=port, help="port to serve on (default: %(default)s)")
     for p in sub.choices.values():
         p.add_argument("--results", default="results", help="folder of sweep results (default: results)")
     return parser

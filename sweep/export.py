@@ -42,11 +42,18 @@ def locate_uri(name: str, results: Path, uri: str | None) -> str:
     return store.connect(store.resolve_uri(None, Path(".")))
 
 
-def load_table(name: str, uri: str, experiment: str | None = None, keys: Sequence[str] = ()) -> SweepTable:
+def load_table(
+    name: str, uri: str, experiment: str | None = None, keys: Sequence[str] = (), optional: bool = False
+) -> SweepTable:
     """Read the newest parent run of sweep ``name`` and its trials back from MLflow, in bulk: one paged
     search, each run's ``best_<metric>`` and ``sweep.epochs_run`` as the trial logged them (a metric's history
     is read only for a trial that has not logged its best yet). ``keys`` adds columns of params or tags
-    (``model.arch``, ``weights.source``) to group by."""
+    (``model.arch``, ``weights.source``) to group by; one no trial has is an error unless ``optional``."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():  # read, never create
+        raise SweepError(
+            f"no sweep named '{name}': no tracking store at {uri.removeprefix('sqlite:///')} (run a sweep here first, "
+            "or name its store with --tracking-uri)"
+        )
     mlflow = store.client(uri)
     try:
         exp = mlflow.get_experiment_by_name(experiment or name)
@@ -68,6 +75,14 @@ def load_table(name: str, uri: str, experiment: str | None = None, keys: Sequenc
         row = _row(mlflow, run, metrics, mode, searched, test)
         row |= {k: _number(run.data.params[k]) if k in run.data.params else run.data.tags.get(k) for k in keys}
         rows.append(row)
+    for key in () if optional else keys:
+        if not any(row.get(key) is not None for row in rows):
+            have = sorted({*searched, *(k for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)[:1]
+                                         for k in r.data.params)})
+            raise SweepError(
+                f"--group-by {key}: no trial of '{name}' has a parameter or tag '{key}'; its parameters: "
+                f"{', '.join(have)}"
+            )
     columns = ["trial", "run", *searched, *metrics, test, "epochs", "wall_s", "state", *keys]
     frame = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     if frame[test].isna().all():

@@ -19,13 +19,26 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import records
 from sweep.errors import SweepError
-from sweep.store import STATE_TAG, TRIAL, redact, trial_runs, unreachable
+from sweep.store import STATE_TAG, STOP_REASON, TRIAL, redact, trial_runs, unreachable
 from trainers.base import link_or_copy
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 Op = dict[str, Any]
+ENDED = ("completed", "stopped_early", "diverged")
+"""The states of a trial that will not go on (interrupted, errored and time-budget trials may)."""
+
+
+def ended_for_good(run: Any) -> bool:
+    """Whether a trial's run says the trial is over and nothing would continue it."""
+    tags = run.data.tags
+    return bool(
+        run.info.status == "FINISHED"
+        and tags.get(STATE_TAG) in ENDED
+        and tags.get(STOP_REASON) != "time budget"
+        and "sweep.epochs_run" in tags
+    )
 _PERMANENT = {
     "INVALID_PARAMETER_VALUE",
     "RESOURCE_ALREADY_EXISTS",
@@ -89,6 +102,11 @@ class MlflowWriter:
         self.role = role
         """``sweep.role`` of the runs this writer creates: the sweep's trials, or re-runs of them."""
         self.runs: dict[str, str] = {}
+        self.ended: set[str] = set()
+        """Trials whose runs had ended for good when this writer found them: nothing more is written to them."""
+        self.numbers: dict[str, int] = {}
+        """Each trial's ``tNN``: given once, in launch order, kept by its run across retries and resumes."""
+        self._taken: int | None = None
         self.last_step: dict[str, int] = {}
         self.best: dict[str, dict[str, tuple[float, int]]] = {}
 
@@ -103,19 +121,23 @@ class MlflowWriter:
         if found:
             run = found[0]
             run_id = run.info.run_id
+            number = self.numbers[trial_id] = _number(run.data.tags.get(records.TRIAL_TAG)) or number
             history = self.client.get_metric_history(run_id, self.metric)
             self.last_step[trial_id] = max((m.step for m in history), default=0)
             epoch = int(run.data.metrics.get("best_epoch", 0))
             self.best[trial_id] = {
                 m: (run.data.metrics[f"best_{m}"], epoch) for m, _ in self.objectives if f"best_{m}" in run.data.metrics
             }
-            if run.info.status != "RUNNING":
+            if ended_for_good(run) and self.role == TRIAL:
+                self.ended.add(trial_id)
+            elif run.info.status != "RUNNING":
                 name = records.trial_name(number, config or {})
                 self.client.set_tag(run_id, "mlflow.runName", name)
                 self.client.update_run(run_id, status="RUNNING")
         else:
             from mlflow.entities import Param
 
+            number = self.numbers[trial_id] = self._next_number()
             tags = {
                 **self.tags,
                 "mlflow.parentRunId": self.parent_id,
@@ -158,6 +180,8 @@ class MlflowWriter:
             self._summary(op)
             return
         run_id = self.run_id(op["trial"], op.get("config"), op.get("number", 0))
+        if op["trial"] in self.ended:
+            return  # its run says it ended for good (before a killed driver's last saved state): left as it is
         if kind == "metrics":
             if op["step"] <= self.last_step.get(op["trial"], 0):
                 return  # an epoch re-run after a restore: MLflow already holds it
@@ -173,13 +197,21 @@ class MlflowWriter:
             tags = dict(op["tags"])
             state, epochs = tags[STATE_TAG], int(tags.get("sweep.epochs_run", 0))
             value, at = self.best.get(op["trial"], {}).get(self.metric, (None, None))
-            name = records.trial_name(op.get("number", 0), op.get("config") or {})
+            name = records.trial_name(self.numbers.get(op["trial"], op.get("number", 0)), op.get("config") or {})
             tags["mlflow.runName"] = records.ended_name(name, state, epochs, value)
             tags["mlflow.note.content"] = records.trial_note(
                 state, epochs, tags, records.best_text(self.metric, value, at)
             )
             self._tag(run_id, tags)
             self.client.set_terminated(run_id, op["status"])
+
+    def _next_number(self) -> int:
+        """The next free ``tNN`` of this writer's runs under the parent (the store's, after a resume)."""
+        if self._taken is None:
+            runs = trial_runs(self.client, self.exp_id, self.parent_id, role=self.role)
+            self._taken = max((_number(r.data.tags.get(records.TRIAL_TAG)) for r in runs), default=0)
+        self._taken += 1
+        return self._taken
 
     def _tag(self, run_id: str, tags: Mapping[str, str]) -> None:
         """All of ``tags`` in one write."""
@@ -210,6 +242,12 @@ class MlflowWriter:
                 # Created before a crash for a trial Ray never checkpointed: not part of the sweep.
                 self.client.set_tag(run.info.run_id, STATE_TAG, "orphaned")
                 self.client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _number(tag: str | None) -> int:
+    """7 of ``t07``; 0 for anything else."""
+    digits = (tag or "")[1:]
+    return int(digits) if (tag or "").startswith("t") and digits.isdigit() else 0
 
 
 class Journal:

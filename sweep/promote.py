@@ -37,6 +37,7 @@ def promote(
     alias: str = "champion",
     experiment: str | None = None,
 ) -> Promoted:
+    _check_names(registered or name, alias)
     spec = sweep_spec(name, results)
     if spec.entry.servable is None:
         raise SweepError(f"sweep '{name}' trains with the {spec.trainer} trainer, whose models cannot be promoted yet")
@@ -45,12 +46,39 @@ def promote(
     model_uri = run.data.tags.get(MODEL_TAG) or _log_model(best, uri, spec.entry.served())
     import mlflow
 
-    with store.fluent(uri):
-        version = mlflow.register_model(
-            model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
-        )
+    version = _registered(best.client, registered or name, model_uri)  # promoting twice adds no second version
+    if version is None:
+        with store.fluent(uri):
+            version = mlflow.register_model(
+                model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
+            )
     best.client.set_registered_model_alias(version.name, alias, version.version)
     return Promoted(version.name, str(version.version), alias, model_uri, best.trial_id)
+
+
+def _check_names(registered: str, alias: str) -> None:
+    """The registry's own rules for a model's name and an alias, as one line each, before anything is written."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_name
+
+    checks = (("--as", registered, _validate_model_name), ("--alias", alias, _validate_model_alias_name))
+    for flag, value, check in checks:
+        try:
+            check(value)
+        except MlflowException as e:
+            raise SweepError(f"{flag}: {e.message}") from None
+
+
+def _registered(client: Any, name: str, model_uri: str) -> Any:
+    """The version of registered model ``name`` that holds ``model_uri`` already, if one does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if model_uri in (v.source, getattr(v, "model_id", None) and f"models:/{v.model_id}")]
+    return max(same, key=lambda v: int(v.version)) if same else None
 
 
 def _log_model(best: Any, uri: str, served: Any) -> str:

@@ -35,13 +35,19 @@ class Section:
 
 
 def build(names: list[str], results: Path, out: Path, tracking_uri: str | None = None) -> Path:
-    """Write the report folder ``out``; return ``out/report.html``."""
-    out.mkdir(parents=True, exist_ok=True)
-    tables, sections = [], []
-    for name in names:
-        uri = locate_uri(name, results, tracking_uri)
-        table = load_table(name, uri, keys=["weights"])
-        tables.append(table)
+    """Write the report folder ``out``; return ``out/report.html``. Every sweep is found before anything is
+    written."""
+    uris = {name: locate_uri(name, results, tracking_uri) for name in names}
+    tables = [load_table(name, uris[name], keys=["weights"], optional=True) for name in names]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".written").touch()
+        (out / ".written").unlink()
+    except OSError as e:
+        raise SweepError(f"-o: cannot write the report folder {out}: {e.strerror or e}") from None
+    sections = []
+    for name, table in zip(names, tables, strict=True):
+        uri = uris[name]
         section = _section(name, table, uri, results, out)
         sections.append(section)
         _log(uri, table.parent_id, section, out)

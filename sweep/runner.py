@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from sweep import records, storage, store, study
 from sweep.errors import SweepError
+from sweep.journal import ended_for_good
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
 from sweep.spec import Spec
@@ -58,6 +60,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message="All-NaN slice")  # ASHA's rung of diverged (NaN) trials
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)  # a retry warning per attempt
 
 
 def trial_dirname(trial: Any) -> str:
@@ -84,6 +87,9 @@ class TrialSetup:
     """The spec's metric names: a diverged trial reports them as NaN, which Optuna records as failed."""
     checkpoint_every_s: float = 0
     gpu_fraction: float = 1.0
+    finished: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    """Trials the records say ended (``--resume`` after a kill that came before Ray saved that): each one's last
+    epoch, reported again at once instead of training again."""
 
 
 class RayReporter:
@@ -113,6 +119,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from sweep.storage import scratch
 
     trial_id = tune.get_context().get_trial_id()
+    if trial_id in setup.finished:  # it ended before the driver died: its end again, nothing trained twice
+        tune.report(dict(setup.finished[trial_id]))
+        return
     trials_dir = setup.trials_dir or scratch() / setup.name / "trials"
     work_dir = trials_dir / trial_id
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +153,14 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         gpu_fraction=setup.gpu_fraction,
     )
     reporter = RayReporter(node)
+    import ray
+
+    gpus = ray.get_gpu_ids()
+    if gpus:  # Ray placed the trial by its GPU share: training on the CPU instead would be a silent lie
+        problem = gpu_problem(gpus, node)
+        if problem:
+            raise RuntimeError(problem)
+        params = dataclasses.replace(params, device="cuda")
     try:
         entry.load().fit(params, reporter)
     except Diverged as e:
@@ -155,6 +172,22 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     finally:
         if resume_from is not None:  # the trainer has read it; Ray keeps the checkpoint itself
             shutil.rmtree(resume_from, ignore_errors=True)
+
+
+def gpu_problem(gpu_ids: list[Any], node: Mapping[str, str], cuda: bool | None = None) -> str | None:
+    """Why a trial that Ray gave ``gpu_ids`` cannot use them (CUDA unusable on its node), or None. ``cuda``: whether
+    CUDA works here (asked of torch when None)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return None
+    where = f"{node.get('sweep.host', '?')} (Ray node {node.get(NODE_TAG, '?')[:12]})"
+    return (
+        f"Ray gave this trial GPU {','.join(map(str, gpu_ids))} on {where}, but CUDA is not usable there "
+        "(no driver, or a CPU-only torch); fix that node or set resources.gpus_per_trial: 0"
+    )
 
 
 def ray_node() -> dict[str, str]:
@@ -191,8 +224,20 @@ def run_sweep(
     base: Path = Path("."),
 ) -> Outcome:
     """Run (or with ``resume``, continue) the sweep. Every check that can refuse it (the sweep's folder,
-    its data and weights, the tracking store, the cluster's resources) runs before a trial starts."""
+    its data and weights, the tracking store, the cluster's resources, another driver of the same sweep) runs
+    before a trial starts."""
+    from sweep import lock
+
+    with lock.held() as locks:
+        return _run_sweep(spec, results, resume, address, base, locks)
+
+
+def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, base: Path, locks: list[int]) -> Outcome:
+    from sweep import lock
+
     root = sweep_dir(results, spec.name)
+    if root.is_dir():  # nothing of a sweep another driver runs is read or touched
+        locks.append(lock.acquire(root, spec.name))
     place = storage.resolve(spec.storage, root, spec.name)
     state_file = root / "sweep.json"
     if resume and not state_file.exists():
@@ -219,6 +264,10 @@ def run_sweep(
         exp_id = store.experiment_id(mlflow, spec.tracking.experiment or spec.name, uri)
     except Exception as e:  # nothing has started yet: refuse clearly rather than run untracked
         raise store.unreachable(uri, e) from None
+    if not locks:  # a first start (nothing written yet): of two at once, the second is refused here
+        locks.append(lock.acquire(root, spec.name))
+        if not resume and place.exists("tune"):
+            raise SweepError(f"sweep '{spec.name}' already ran in {place.url}; continue it with --resume or rename it")
     study_url = store.connect(study.storage_url(root, spec.tracking.study))
     study_storage = _study_storage(study_url, spec.name, resume)
     start_ray(address, root / LOG_FILE)
@@ -243,7 +292,7 @@ def run_sweep(
             "spec": spec.raw,
         }
         _atomic_json(state_file, record)
-    trainable = make_trainable(spec, place)
+    trainable = make_trainable(spec, place, ended_trials(mlflow, exp_id, parent_id) if resume else None)
     if resume:
         from sweep.repair import repair
 
@@ -273,7 +322,23 @@ def run_sweep(
     return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
 
 
-def make_trainable(spec: Spec, place: storage.Storage) -> Any:
+def ended_trials(mlflow: Any, exp_id: str, parent_id: str) -> dict[str, dict[str, float]]:
+    """The trials whose runs say they ended for good: trial id → the last epoch's metrics (what Ray's result of that
+    epoch held)."""
+    ended = {}
+    for run in store.trial_runs(mlflow, exp_id, parent_id):
+        tags = run.data.tags
+        if ended_for_good(run):
+            epoch = int(tags["sweep.epochs_run"])
+            metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith(("best_", "test_"))}
+            reason = {f"info/{STOP_REASON}": tags[STOP_REASON]} if STOP_REASON in tags else {}
+            ended[tags["sweep.trial_id"]] = {**metrics, "epoch": float(epoch), **reason}
+    return ended
+
+
+def make_trainable(
+    spec: Spec, place: storage.Storage, finished: Mapping[str, Mapping[str, float]] | None = None
+) -> Any:
     """The Ray Tune trainable of the sweep's trials, with their share of the cluster."""
     from ray import tune
 
@@ -292,6 +357,7 @@ def make_trainable(spec: Spec, place: storage.Storage) -> Any:
         # HyperBand pauses trials at each rung and continues them from their last checkpoint
         0 if spec.scheduler.name == "hyperband" else spec.budget.checkpoint_every_s,
         spec.resources.gpus_per_trial if 0 < spec.resources.gpus_per_trial < 1 else 1.0,
+        dict(finished or {}),
     )
     return tune.with_resources(
         tune.with_parameters(run_trial, setup=setup),

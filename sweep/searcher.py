@@ -23,10 +23,25 @@ class BestEpochSearch(OptunaSearch):
         return config  # type: ignore[no-any-return]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self._told(trial_id):
+            return
         super().on_trial_result(trial_id, result)
         self._track(trial_id, result)
 
+    def _told(self, trial_id: str) -> bool:
+        """Whether the study holds the trial's end already (it ended before a killed driver's last saved state,
+        which ``--resume`` restores): telling it again would be Optuna's UpdateFinishedTrialError."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return False
+        stored = self._ot_study._storage.get_trial(trial._trial_id)
+        return bool(stored.state.is_finished())
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if self._told(trial_id):
+            self._ot_trials.pop(trial_id, None)
+            self._bests().pop(trial_id, None)
+            return
         # Ray hands the result that ends a trial (the scheduler's stop, the last epoch) only to this method.
         if result is not None:
             self._track(trial_id, result)

@@ -52,8 +52,25 @@ def redact(text: str) -> str:
     return re.sub(r"(//[^:/@\s]+):[^@/\s]*@", r"\1:***@", text)
 
 
+PG_CONNECT_TIMEOUT_S = 5
+"""How long a PostgreSQL store may take to answer before it is reported unreachable (libpq waits for ever)."""
+
+
+def postgres_uri(uri: str) -> str:
+    """A PostgreSQL URI as the store uses it: ``postgresql://`` (or ``postgres://``) means the psycopg2 driver that
+    ``sweep[server]`` installs (MLflow would look for psycopg 3), and a connect timeout unless one is given."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("postgresql", "postgres"):
+        parts = parts._replace(scheme="postgresql+psycopg2")
+    if parts.scheme == "postgresql+psycopg2" and "connect_timeout" not in parts.query:
+        parts = parts._replace(query="&".join(filter(None, [parts.query, f"connect_timeout={PG_CONNECT_TIMEOUT_S}"])))
+    return urlunsplit(parts)
+
+
 def connect(uri: str) -> str:
     """``uri`` without its credentials, which go where the clients read them (see the module's note)."""
+    if uri.startswith(("postgresql", "postgres:")):
+        uri = postgres_uri(uri)
     parts = urlsplit(uri)
     if parts.password is None and parts.username is None:
         return uri
@@ -72,18 +89,38 @@ def connect(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def client(uri: str) -> MlflowClient:
-    """An MLflow client of ``uri``; an embedded SQLite store is created whole or not at all."""
+def client(uri: str, probe: bool = True) -> MlflowClient:
+    """An MLflow client of ``uri``; an embedded SQLite store is created whole or not at all, a database store that
+    does not answer is one :class:`SweepError` (``probe``: checked before MLflow's own retries)."""
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if uri.startswith("sqlite:///"):
         ensure_sqlite(Path(uri.removeprefix("sqlite:///")))
+    if uri.startswith(("postgresql", "postgres:")):
+        uri = postgres_uri(uri)
+        if probe:
+            _answers(uri)
     try:
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=uri)
     except ImportError as e:
         raise unreachable(uri, e) from None
+
+
+def _answers(uri: str) -> None:
+    """One connection to a database store, so that one that does not answer is one line within the connect
+    timeout (MLflow itself retries for about 100 s, a warning each time)."""
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ImportError as e:
+        raise unreachable(uri, e) from None
+    except Exception as e:
+        raise unreachable(uri, getattr(e, "orig", None) or e) from None
 
 
 @contextmanager
@@ -200,10 +237,8 @@ def runs_link(base_url: str, exp_id: str | None, metric: str | None = None, mode
 def unreachable(uri: str, error: Exception) -> SweepError:
     """One line for a store that cannot be used: refused credentials, or no answer."""
     if isinstance(error, ImportError):  # the store's database driver
-        return SweepError(
-            f"tracking.uri: {redact(uri)} needs the Python package '{error.name}'; install it "
-            "(pip install 'sweep[server]' for PostgreSQL)"
-        )
+        fix = "install it with pip install 'sweep[server]'" if "psycopg" in str(error.name) else "install it"
+        return SweepError(f"tracking.uri: {redact(uri)} needs the Python package '{error.name}'; {fix}")
     text = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     code = getattr(error, "error_code", "")
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or " 401" in text or " 403" in text:

@@ -94,7 +94,7 @@ class MlflowCallback(Callback):
     def journal(self) -> Journal:
         if self._journal is None:
             writer = MlflowWriter(
-                client(self.uri),
+                client(self.uri, probe=False),  # mid-sweep an outage is kept, never raised
                 self.exp_id,
                 self.parent_id,
                 self.objectives,  # type: ignore[arg-type]

@@ -27,6 +27,8 @@ from trainers.lifecycle import Lifecycle
 
 METRICS = ("val_top1", "val_top5", "val_loss", "train_loss")
 WEIGHTS = "best.pt"
+TRAINED = "trained.log"
+"""One line per epoch the trial trained, in its work folder."""
 
 
 class _Strict(BaseModel):
@@ -58,6 +60,8 @@ class ScriptedHParams(_Strict):
     """The training loss becomes NaN in this epoch."""
     exit_at: int = 0
     """The worker process dies in this epoch, on the trial's first attempt only (a retry goes on)."""
+    peak_at: int = 0
+    """The metrics get worse after this epoch (0: they improve to the end), so the last epochs are no new best."""
     fail_once_at: int = 0
     """Raise in this epoch on the trial's first attempt only (a retry or --resume goes on from its checkpoint)."""
 
@@ -67,7 +71,9 @@ def curve(hp: ScriptedHParams, epoch: int, seed: int = 0) -> dict[str, float]:
     few tenths of a point, the seed: repeats with new seeds spread as real ones do)."""
     noise = 0.004 * ((seed * 2654435761) % 1000) / 1000
     height = math.exp(-((math.log10(hp.lr) + 2.0) ** 2) / 2) * (0.95 if hp.optimizer == "adamw" else 0.9) + noise
-    top1 = 0.1 + (height - 0.1) * (1 - math.exp(-epoch / 1.5)) if height > 0.1 else 0.1
+    at = min(epoch, hp.peak_at) if hp.peak_at else epoch
+    top1 = 0.1 + (height - 0.1) * (1 - math.exp(-at / 1.5)) if height > 0.1 else 0.1
+    top1 -= 0.01 * (epoch - at)
     loss = 2.3 * (1 - top1) + (0.3 if hp.optimizer == "adamw" else 0.05)  # adamw: higher, but less sure
     return {"val_top1": top1, "val_top5": min(1.0, top1 + 0.3), "val_loss": loss, "train_loss": loss * 0.9}
 
@@ -90,6 +96,8 @@ class ScriptedTrainer:
             if epoch == hp.diverge_at:
                 raise Diverged(f"non-finite training loss (nan) after {epoch * hp.batch_size} images")
             metrics = {"epoch": float(epoch), **curve(hp, epoch, params.seed), "lr": hp.lr}
+            with open(params.work_dir / TRAINED, "a") as log:  # what a test reads to see nothing trained twice
+                log.write(f"{epoch}\n")
 
             def save_best(metrics: dict[str, float] = metrics) -> None:
                 tmp = params.work_dir / f"{WEIGHTS}.tmp"

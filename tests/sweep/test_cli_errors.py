@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from sweep.cli import main
+from tests.conftest import free_port
 from tests.sweep.conftest import ROOT
 from trainers.classifier.config import ClassifierData
 
@@ -54,8 +55,20 @@ def test_paths_stores_and_commands_that_cannot_work(tmp_path: Path, capsys, monk
     assert code == 2 and "--results: cannot create /proc/x/digits-demo" in one_line(err)
     code, _, err = sweep(capsys, "run", DEMO, "--set", "tracking.uri=mysql://u:hunter2@127.0.0.1/x")
     assert code == 2 and "needs the Python package 'MySQLdb'" in one_line(err) and "hunter2" not in err
-    code, out, _ = sweep(capsys, "ui", "--tracking-uri", "http://127.0.0.1:5999")
-    assert code == 0 and "http://127.0.0.1:5999" in out
+    code, _, err = sweep(capsys, "ui", "--tracking-uri", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    assert code == 2 and "tracking.uri: cannot reach http://127.0.0.1:" in one_line(err)
+    with pytest.raises(SystemExit) as exit_code:
+        main(["ui", "--port", "99999"])
+    assert exit_code.value.code == 2 and "expected a port number from 1 to 65535, got 99999" in capsys.readouterr().err
+    code, _, err = sweep(capsys, "ui", "--host", "no-such-host.invalid", "--tracking-uri", "sqlite:///x.db")
+    assert code == 2 and "--host no-such-host.invalid: not an address of this machine" in one_line(err)
+    for top in ("-3", "0"):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["export", "x", "--top", top])
+        refused = capsys.readouterr().err
+        assert exit_code.value.code == 2 and f"expected a whole number of at least 1, got {top}" in refused
+    code, _, err = sweep(capsys, "status", "nothing-here")
+    assert code == 2 and "no tracking store at" in one_line(err) and not (tmp_path / "mlruns.db").exists()
     record = tmp_path / "results" / "yolo" / "sweep.json"
     record.parent.mkdir(parents=True)
     mmdet_spec = yaml.safe_load((ROOT / "search_spaces" / "yolov3.yaml").read_text())
@@ -135,3 +148,12 @@ def test_storage_and_cluster_jobs_that_cannot_work(tmp_path: Path, capsys, monke
         code, out, err = sweep(capsys, *argv)
         assert code == 2 and words in one_line(err), (argv, err)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_trial_given_a_gpu_it_cannot_use_fails_with_its_node() -> None:
+    from sweep.runner import NODE_TAG, gpu_problem
+
+    node = {NODE_TAG: "4f3c2a1b0e9d8c7b", "sweep.host": "gpu-07"}
+    problem = gpu_problem(["0"], node, cuda=False)
+    assert problem and "GPU 0 on gpu-07 (Ray node 4f3c2a1b0e9d)" in problem and "CUDA is not usable" in problem
+    assert gpu_problem(["0", "1"], node, cuda=True) is None

@@ -28,7 +28,7 @@ from tests.conftest import SCRIPTED_ENV, free_port, scripted_spec
 from tests.scripted import best_weights
 from tests.sweep.test_tracking_server import tracking_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.xdist_group("servers")]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
 PASSWORD = "s3cret-Pa55word-only-in-the-environment"
 AWS = {

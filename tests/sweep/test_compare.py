@@ -20,7 +20,7 @@ from sweep.cli import main
 from sweep.export import load_table
 from tests.conftest import SCRIPTED, browser_dom, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker: shared fixture
+pytestmark = pytest.mark.e2e
 
 
 class Served:
@@ -189,9 +189,9 @@ def test_pareto_is_the_set_no_point_dominates() -> None:
     assert pareto(points, ["max", "min"]) == [False, True, False, True, False]
 
 
-def test_sweep_ui_on_a_server_prints_its_link(capsys) -> None:
-    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
-    assert "http://127.0.0.1:5999/#/experiments" in capsys.readouterr().out
+def test_sweep_ui_on_a_server_prints_its_link(ui, capsys) -> None:
+    assert main(["ui", "--tracking-uri", ui.base_url]) == 0  # a tracking server: its own UI, no second one
+    assert f"{ui.base_url}/#/experiments" in capsys.readouterr().out
 
 
 def test_ui_refuses_a_port_in_use(demo_sweep, capsys) -> None:
@@ -209,3 +209,17 @@ def test_tensorboard_serves_the_trials_event_files(demo_sweep) -> None:
     runs = json.loads(urllib.request.urlopen(f"{served.base_url}/data/runs", timeout=30).read())
     assert len(runs) >= spec.budget.trials  # one event file folder per trial
     assert served.stop() == 0
+
+
+def test_promoting_again_adds_no_version_and_bad_names_are_one_line(demo_sweep, demo_promoted, cli) -> None:
+    spec, _, uri, base = demo_sweep
+    at = ["--results", base / "results", "--tracking-uri", uri]
+    versions = store.client(uri).search_model_versions(f"name = '{spec.name}'")
+    again = cli("promote", spec.name, *at, cwd=base)
+    assert again.returncode == 0 and f"{spec.name} version {versions[0].version} (@champion)" in again.stdout, again
+    bad = (("--as", "my model/ü", "cannot contain '/'"), ("--alias", "bad alias!", "alphanumerics"))
+    for flag, value, words in bad:
+        done = cli("promote", spec.name, flag, value, *at, cwd=base)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"{flag}: " in done.stderr, done
+        assert words in done.stderr
+    assert len(store.client(uri).search_model_versions(f"name = '{spec.name}'")) == len(versions) == 1

@@ -15,7 +15,7 @@ from sweep.spec import parse_spec
 from tests.sweep.conftest import in_process
 from tests.trainers.synthetic_voc import make_voc
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("detector")]  # one worker: shared fixture
+pytestmark = pytest.mark.e2e
 NAME = "shapes-det"
 
 

@@ -12,7 +12,7 @@ from tests.conftest import sets
 from tests.sweep.conftest import QUICK, ROOT, SECRET
 from trainers.classifier.trainer import load_classifier
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker: shared fixture
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ from sweep.runner import run_sweep
 from sweep.spec import parse_spec
 from tests.conftest import SCRIPTED
 
-pytestmark = pytest.mark.xdist_group("demo")  # one worker runs the fixture it shares
-
 
 @pytest.fixture(scope="module")
 def loss_sweep(tmp_path_factory, ray_session):
@@ -95,3 +93,21 @@ def test_ties_keep_the_order_the_trials_ran() -> None:
     frame = pd.DataFrame({"trial": list("abcd"), "run": ["t03", "t01", "t02", "t04"], "m": [0.5, 0.9, 0.5, math.nan]})
     assert list(ranked(frame, "m", "max")["run"]) == ["t01", "t02", "t03", "t04"]
     assert list(ranked(frame, "m", "min")["run"]) == ["t02", "t03", "t01", "t04"]
+
+
+@pytest.mark.e2e
+def test_what_export_and_report_refuse(loss_sweep, tmp_path: Path, cli) -> None:
+    """A key no trial has, a sweep that is not there, a report folder that cannot be written: one line, exit 2,
+    and no folder left behind."""
+    spec, uri, base = loss_sweep
+    results = base / "results"
+    done = cli("export", spec.name, "--group-by", "no.such.key", "--results", results, cwd=base)
+    assert done.returncode == 2 and "--group-by no.such.key: no trial of 'digits-loss' has" in done.stderr, done
+    assert "lr" in done.stderr and done.stderr.count("\n") == 1
+    done = cli("report", "nosuch", "-o", tmp_path / "nosuch", "--results", results, cwd=base)
+    assert done.returncode == 2 and "no sweep named 'nosuch'" in done.stderr and not (tmp_path / "nosuch").exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = cli("report", spec.name, "-o", blocker / "report", "--results", results, cwd=base)
+    assert done.returncode == 2 and "-o: cannot write the report folder" in done.stderr, done
+    assert done.stderr.count("\n") == 1

@@ -80,3 +80,35 @@ def test_resume_after_the_state_names_a_deleted_checkpoint(tmp_path: Path, cli, 
     assert run.info.status == "FINISHED" and run.data.tags["sweep.state"] == "completed"
     assert run.data.tags["sweep.resumed_after_epoch"] == "2"
     assert [m.step for m in store.client(uri).get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3, 4]
+
+
+def test_the_same_sweep_started_twice_at_once_is_refused(tmp_path: Path, cli, ray_session) -> None:
+    """While a sweep runs, a second start of it (with or without --resume) is one line naming the running one,
+    exit 2; the running sweep ends as if alone: one parent run, every trial once."""
+    import threading
+    import time
+
+    from sweep.cli import main
+
+    spec = scripted_spec(tmp_path, "budget.trials=2", "fixed.epochs=4", "fixed.epoch_s=0.5")
+    codes: list[int] = []
+    first = threading.Thread(target=lambda: codes.append(main(["run", str(spec), "--results", "results"])))
+    tmp_path.joinpath("results").mkdir()
+    cli("validate", spec, cwd=tmp_path)  # the working folder of both
+    first.start()
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "results" / "scripted" / "sweep.json").exists():
+        assert first.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    for extra in ((), ("--resume",)):
+        second = cli("run", spec, *extra, cwd=tmp_path)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second
+        assert "sweep 'scripted' is running already (process" in second.stderr, second
+    first.join(timeout=300)
+    assert codes == [0]
+    uri = store.resolve_uri(None, tmp_path)
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name("scripted")
+    [parent] = store.parent_runs(mlflow, exp.experiment_id, "scripted")
+    runs = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
+    assert len(runs) == 2 and all(r.data.tags["sweep.state"] == "completed" for r in runs)

@@ -75,3 +75,54 @@ def test_what_an_unreachable_store_did_not_take_is_on_disk_in_order(tmp_path: Pa
     assert not journal.drain(0.3)
     kept = [json.loads(line)["step"] for line in (tmp_path / "pending.jsonl").read_text().splitlines()]
     assert [op["step"] for op in writer.applied] == [1] and kept == [2, 3, 4]
+
+
+def test_a_store_that_refuses_this_users_writes_keeps_every_record(tmp_path: Path, capsys) -> None:
+    """HTTP 403 (a read-only account): not "unreachable", and nothing is dropped; sync says so in one line."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    from sweep.errors import SweepError
+    from sweep.journal import replay
+
+    class ReadOnly(Writer):
+        client = None
+        parent_id, exp_id = "p", "e"
+
+        def apply(self, op: dict[str, Any]) -> None:
+            raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)  # what a 403 becomes
+
+    journal = Journal(ReadOnly(), tmp_path / "pending.jsonl")  # type: ignore[arg-type]
+    journal.submit({"op": "metrics", "trial": "t", "step": 1})
+    assert journal.refused and "Permission denied" in journal.refused
+    assert "refuses this user's writes" in capsys.readouterr().err
+    assert [json.loads(x)["step"] for x in (tmp_path / "pending.jsonl").read_text().splitlines()] == [1]
+
+    class Parent:
+        info = type("Info", (), {"experiment_id": "e"})()
+
+    writer = ReadOnly()
+    writer.client = type("Client", (), {"get_run": lambda self, run_id: Parent()})()
+    with pytest.raises(SweepError, match="refuses this user's writes .* 1 records kept in"):
+        replay(tmp_path / "pending.jsonl", writer, "http://mlflow:5000")  # type: ignore[arg-type]
+
+
+def test_a_journal_line_cut_short_is_skipped_and_counted(tmp_path: Path, capsys) -> None:
+    from sweep.journal import read_journal, replay
+
+    path = tmp_path / "pending.jsonl"
+    lines = ['{"op": "metrics", "trial": "t", "step": 1}', '{"op": "metrics", "trial": "t", "step": 2}', '{"op": "me']
+    path.write_text("\n".join(lines))
+    ops, skipped = read_journal(path)
+    assert [op["step"] for op in ops] == [1, 2] and skipped == 1
+
+    class Parent:
+        info = type("Info", (), {"experiment_id": "e"})()
+
+    writer = Writer()
+    writer.client = type("Client", (), {"get_run": lambda self, run_id: Parent()})()  # type: ignore[attr-defined]
+    writer.parent_id, writer.exp_id = "p", "e"  # type: ignore[attr-defined]
+    assert replay(path, writer, "http://mlflow:5000") == 2  # type: ignore[arg-type]
+    assert [op["step"] for op in writer.applied] == [1, 2] and not path.exists()
+    assert "1 unreadable lines" in capsys.readouterr().err

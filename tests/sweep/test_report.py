@@ -12,7 +12,7 @@ from sweep import store
 from sweep.cli import main
 from tests.conftest import browser_dom
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker: shared fixture
+pytestmark = pytest.mark.e2e
 CLASSIFIER_FIGURES = ("curves", "history", "importances", "parallel", "confusion", "tsne")
 
 
@@ -53,3 +53,14 @@ def test_pretrained_vs_scratch_figure(tmp_path: Path) -> None:
     path = figures.grouped_curves(groups, "val_top1", "weights", tmp_path / "s_weights.png")
     assert_pictures(tmp_path, "s", ("weights",))
     assert path.name == "s_weights.png"
+
+
+def test_a_description_is_text_in_the_html_report() -> None:
+    import pandas as pd
+
+    from sweep.report import Section, _html
+
+    section = Section("s")
+    section.text = ["<script>alert('x')</script> **bold**"]
+    page = _html("c", pd.DataFrame({"a": [1]}), [section])
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<strong>bold</strong>" in page

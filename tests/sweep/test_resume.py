@@ -36,13 +36,13 @@ def finished(uri: str, name: str, base: Path) -> int:
 class Driver:
     """``sweep run`` in a process group of its own, its Ray in ``ray_tmp``."""
 
-    def __init__(self, base: Path, spec: Path, *extra: str, log: str) -> None:
+    def __init__(self, base: Path, spec: Path, *extra: str, log: str, **env: str) -> None:
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="rayr", dir="/tmp"))  # short: Ray's socket paths
         self.log = base / log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sweep", "run", str(spec), *extra],
             cwd=base,
-            env=sweep_env(RAY_TMPDIR=str(self.ray_tmp)),
+            env=sweep_env(RAY_TMPDIR=str(self.ray_tmp), **env),
             stdout=open(self.log, "w"),  # noqa: SIM115 (the child writes it until it ends)
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -51,12 +51,12 @@ class Driver:
     def output(self) -> str:
         return self.log.read_text()
 
-    def wait_finished(self, uri: str, base: Path, at_least: int) -> None:
+    def wait_finished(self, uri: str, base: Path, at_least: int, every_s: float = 0.1) -> None:
         deadline = time.monotonic() + 240
         while finished(uri, "scripted", base) < at_least:
             assert self.proc.poll() is None, self.output()[-3000:]
             assert time.monotonic() < deadline, "the sweep made no progress"
-            time.sleep(0.3)
+            time.sleep(every_s)
 
     def kill_9(self) -> None:
         """kill -9 of the driver's process group, then of the Ray daemons it started that left the group: each
@@ -119,6 +119,13 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
     live = [r for r in runs if r.data.tags.get("sweep.state") != "orphaned"]
     assert len(live) == TRIALS, [(r.data.tags.get("sweep.trial_id"), r.data.tags.get("sweep.state")) for r in runs]
     assert len({r.data.tags["sweep.trial_id"] for r in live}) == TRIALS
+    numbers = sorted(r.data.tags["sweep.trial"] for r in runs)  # one tNN each, in launch order, none twice
+    assert numbers == [f"t{i:02d}" for i in range(1, len(runs) + 1)], numbers
+    assert all(r.info.run_name.startswith(r.data.tags["sweep.trial"] + " ") for r in runs)
+    from sweep.export import load_table
+
+    table = load_table("scripted", uri)  # what `status` shows first is the trial the parent names best
+    assert f"({table.frame.iloc[0]['run']})" in parents[0].info.run_name
     assert all(r.info.status == "FINISHED" for r in live)
     assert all(r.info.status == "FAILED" for r in runs if r not in live)
     for run in live:
@@ -152,3 +159,44 @@ def ours(pid: int, ray_tmp: Path) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("RAY_TMPDIR") == str(ray_tmp)
     except psutil.Error:
         return False
+
+
+def test_kill_9_right_after_a_trial_finished_then_resume(tmp_path: Path) -> None:
+    """kill -9 of the driver the moment a trial is reported finished (before Ray saved that in its state): the
+    resume does not run that trial again, leaves its records as they were, and finishes exactly the budget."""
+    # One trial at a time, and Ray saving its state only when a checkpoint forces it; the last epoch, no new best,
+    # reports none, so the state Ray saved last has the first trial at epoch 3 when its run says it finished.
+    overrides = ["budget.trials=2", "budget.max_concurrent=1", "fixed.epochs=4", "fixed.epoch_s=1", "fixed.peak_at=2"]
+    spec = scripted_spec(tmp_path, *overrides)
+    uri = store.resolve_uri(None, tmp_path)
+    driver = Driver(tmp_path, spec, log="first.log", TUNE_GLOBAL_CHECKPOINT_S="600")
+    driver.wait_finished(uri, tmp_path, 1)  # the records say a trial ended: kill at once, before Ray saves that
+    driver.kill_9()
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name("scripted")
+    before = {
+        r.data.tags["sweep.trial_id"]: r
+        for r in mlflow.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+        if r.data.tags.get("sweep.role") == "trial"
+    }
+    assert before, driver.output()[-3000:]
+
+    resumed = Driver(tmp_path, spec, "--resume", log="second.log")
+    assert resumed.proc.wait(timeout=300) == 0, resumed.output()[-3000:]
+    [parent] = store.parent_runs(mlflow, exp.experiment_id, "scripted")
+    runs = {r.data.tags["sweep.trial_id"]: r for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
+    live = {t: r for t, r in runs.items() if r.data.tags.get("sweep.state") != "orphaned"}
+    assert len(live) == 2 and all(r.data.tags["sweep.state"] == "completed" for r in live.values()), live
+    assert "Traceback" not in resumed.output() and "UpdateFinishedTrialError" not in resumed.output()
+    for trial, old in before.items():  # untouched: same end, same name, no restart
+        now = runs[trial]
+        assert (now.info.end_time, now.info.run_name) == (old.info.end_time, old.info.run_name)
+        assert "sweep.resumed_after_epoch" not in now.data.tags
+        trained = tmp_path / "results" / "scripted" / "trials" / trial / "trained.log"
+        assert trained.read_text().split() == ["1", "2", "3", "4"]  # each epoch trained once: not started again
+        assert [m.step for m in mlflow.get_metric_history(now.info.run_id, "val_top1")] == list(range(1, 5))
+    import optuna
+
+    study = optuna.load_study(study_name="scripted", storage=f"sqlite:///{tmp_path / 'results/scripted/optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2, [(t.number, t.state) for t in study.trials]

@@ -19,7 +19,9 @@ def test_credentials_leave_the_uri_for_the_clients_environment(monkeypatch) -> N
         monkeypatch.delenv(key, raising=False)
     assert store.connect("http://alice:s3cr%40t@mlflow.lab:5000/") == "http://mlflow.lab:5000/"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr@t"
-    assert store.connect("postgresql+psycopg2://ml:pw@db:5432/mlflow") == "postgresql+psycopg2://ml@db:5432/mlflow"
+    assert store.connect("postgresql+psycopg2://ml:pw@db:5432/mlflow") == (
+        "postgresql+psycopg2://ml@db:5432/mlflow?connect_timeout=5"
+    )
     assert os.environ["PGPASSWORD"] == "pw"
     assert store.connect("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert store.redact("mysql://u:pw@h/db and http://a:b@c") == "mysql://u:***@h/db and http://a:***@c"
@@ -46,9 +48,10 @@ def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path,
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not db.exists()  # never a half-built store in place
-    status = cli("status", "nothing-here", cwd=tmp_path)
+    status = cli("status", "nothing-here", cwd=tmp_path)  # reads, never creates: still no store
     assert status.returncode == 2 and status.stderr.count("\n") == 1, status
-    assert "no sweep named 'nothing-here'" in status.stderr
+    assert "no sweep named 'nothing-here'" in status.stderr and not db.exists()
+    store.ensure_sqlite(db)  # the next creation is whole and clears what the killed ones left
     assert db.exists() and not list(tmp_path.glob(".mlruns.db.*.creating"))
 
 
@@ -71,3 +74,29 @@ def test_two_first_sweeps_at_once_share_one_whole_store(tmp_path: Path) -> None:
     assert outs[0][0] == outs[1][0]  # one experiment
     mlflow = store.client(f"sqlite:///{db}")
     assert len(mlflow.search_runs([outs[0][0].strip()])) == 2
+
+
+def test_a_postgresql_store_that_does_not_answer_is_one_line(tmp_path: Path, cli) -> None:
+    """Nothing listens: refused within the connect timeout, one line, exit 2, the password nowhere; a sweep started
+    on it starts nothing."""
+    from tests.conftest import free_port
+
+    uri = f"postgresql+psycopg2://ml:hunter2@127.0.0.1:{free_port()}/mlflow"
+    done = cli("status", "x", "--tracking-uri", uri, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done
+    assert "cannot reach postgresql+psycopg2://ml@127.0.0.1:" in done.stderr and "hunter2" not in done.stderr
+    demo = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
+    done = cli("run", demo, "--set", f"tracking.uri={uri}", cwd=tmp_path)
+    assert done.returncode == 2 and "cannot reach" in done.stderr and done.stderr.count("\n") == 1, done
+    assert not (tmp_path / "results" / "digits-demo" / "tune").exists()
+
+
+def test_a_plain_postgresql_uri_means_psycopg2_and_works(postgres) -> None:
+    assert store.postgres_uri("postgresql://ml@db:5432/mlflow") == (
+        "postgresql+psycopg2://ml@db:5432/mlflow?connect_timeout=5"
+    )
+    assert store.postgres_uri("postgres://ml@db/x?connect_timeout=2") == "postgresql+psycopg2://ml@db/x?connect_timeout=2"
+    assert postgres.startswith("postgresql://")  # as a user writes it
+    mlflow = store.client(store.connect(postgres))
+    exp = store.experiment_id(mlflow, "plain-postgresql", postgres)
+    assert mlflow.get_experiment(exp).name == "plain-postgresql"

@@ -19,7 +19,7 @@ import pytest
 from sweep import store
 from tests.conftest import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("servers")]  # one worker: shared fixture
+pytestmark = pytest.mark.e2e
 
 
 class Server:

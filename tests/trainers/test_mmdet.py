@@ -25,8 +25,6 @@ CONFIG = "mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py"
 HP = {"epochs": 2, "batch_size": 4, "lr": 0.001, "optimizer": "adamw", "input_size": 128, "warmup_iters": 5}
 
 
-pytestmark = pytest.mark.xdist_group("mmdet")  # one worker runs the fixture it shares
-
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
