@@ -197,7 +197,8 @@ class MlflowWriter:
             tags = dict(op["tags"])
             state, epochs = tags[STATE_TAG], int(tags.get("sweep.epochs_run", 0))
             value, at = self.best.get(op["trial"], {}).get(self.metric, (None, None))
-            name = records.trial_name(self.numbers.get(op["trial"], op.get("number", 0)), op.get("config") or {})
+            number = self.numbers.get(op["trial"]) or int(op.get("number") or 0)
+            name = records.trial_name(number, op.get("config") or {})
             tags["mlflow.runName"] = records.ended_name(name, state, epochs, value)
             tags["mlflow.note.content"] = records.trial_note(
                 state, epochs, tags, records.best_text(self.metric, value, at)

@@ -87,7 +87,7 @@ class TrialSetup:
     """The spec's metric names: a diverged trial reports them as NaN, which Optuna records as failed."""
     checkpoint_every_s: float = 0
     gpu_fraction: float = 1.0
-    finished: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    finished: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     """Trials the records say ended (``--resume`` after a kill that came before Ray saved that): each one's last
     epoch, reported again at once instead of training again."""
 
@@ -322,10 +322,10 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
     return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
 
 
-def ended_trials(mlflow: Any, exp_id: str, parent_id: str) -> dict[str, dict[str, float]]:
+def ended_trials(mlflow: Any, exp_id: str, parent_id: str) -> dict[str, dict[str, Any]]:
     """The trials whose runs say they ended for good: trial id → the last epoch's metrics (what Ray's result of that
     epoch held)."""
-    ended = {}
+    ended: dict[str, dict[str, Any]] = {}
     for run in store.trial_runs(mlflow, exp_id, parent_id):
         tags = run.data.tags
         if ended_for_good(run):
@@ -337,7 +337,7 @@ def ended_trials(mlflow: Any, exp_id: str, parent_id: str) -> dict[str, dict[str
 
 
 def make_trainable(
-    spec: Spec, place: storage.Storage, finished: Mapping[str, Mapping[str, float]] | None = None
+    spec: Spec, place: storage.Storage, finished: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Any:
     """The Ray Tune trainable of the sweep's trials, with their share of the cluster."""
     from ray import tune

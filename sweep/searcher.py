@@ -32,7 +32,7 @@ class BestEpochSearch(OptunaSearch):
         """Whether the study holds the trial's end already (it ended before a killed driver's last saved state,
         which ``--resume`` restores): telling it again would be Optuna's UpdateFinishedTrialError."""
         trial = self._ot_trials.get(trial_id)
-        if trial is None:
+        if trial is None or self._ot_study is None:
             return False
         stored = self._ot_study._storage.get_trial(trial._trial_id)
         return bool(stored.state.is_finished())
