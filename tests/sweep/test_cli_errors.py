@@ -157,3 +157,15 @@ def test_a_trial_given_a_gpu_it_cannot_use_fails_with_its_node() -> None:
     problem = gpu_problem(["0"], node, cuda=False)
     assert problem and "GPU 0 on gpu-07 (Ray node 4f3c2a1b0e9d)" in problem and "CUDA is not usable" in problem
     assert gpu_problem(["0", "1"], node, cuda=True) is None
+
+
+def test_every_help_text_renders(capsys) -> None:
+    from sweep.cli import build_parser
+
+    commands = list(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert {"run", "status", "export", "rerun", "report", "promote", "sync"} <= set(commands)
+    for argv in (["--help"], *([c, "--help"] for c in commands)):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0, argv
+        assert "usage: sweep" in capsys.readouterr().out
