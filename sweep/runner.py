@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sweep import records, storage, store, study
+from sweep import lock, records, storage, store, study
 from sweep.errors import SweepError
 from sweep.journal import ended_for_good
 from sweep.samplers import build_sampler, build_scheduler
@@ -226,15 +226,11 @@ def run_sweep(
     """Run (or with ``resume``, continue) the sweep. Every check that can refuse it (the sweep's folder,
     its data and weights, the tracking store, the cluster's resources, another driver of the same sweep) runs
     before a trial starts."""
-    from sweep import lock
-
     with lock.held() as locks:
         return _run_sweep(spec, results, resume, address, base, locks)
 
 
 def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, base: Path, locks: list[int]) -> Outcome:
-    from sweep import lock
-
     root = sweep_dir(results, spec.name)
     if root.is_dir():  # nothing of a sweep another driver runs is read or touched
         locks.append(lock.acquire(root, spec.name))

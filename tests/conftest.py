@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,10 +103,6 @@ def postgres(tmp_path_factory) -> Iterator[str]:
         yield server.get_uri()
     finally:
         server.cleanup()
-
-
-def python() -> str:
-    return sys.executable
 
 
 SCRIPTED = {
