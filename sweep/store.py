@@ -9,10 +9,12 @@ Ray's experiment state, MLflow's messages and ours hold.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,18 +151,35 @@ def ensure_sqlite(path: Path) -> None:
     for name in ("mlflow.store.db.utils", "alembic"):  # its migration chatter is not our output
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    artifacts = (path.parent / "mlartifacts").as_uri()
+
     def build(tmp: Path) -> None:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri()).engine.dispose()
+        SqlAlchemyStore(f"sqlite:///{tmp}", artifacts).engine.dispose()
 
-    create_atomically(path, build)
+    def adapt(tmp: Path) -> None:  # a copy of the template: its Default experiment keeps artifacts next to it
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(tmp)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (f"{artifacts}/0",))
+
+    import mlflow
+
+    create_atomically(path, build, template=f"mlflow-{mlflow.__version__}", adapt=adapt)
 
 
-def create_atomically(path: Path, build: Callable[[Path], object]) -> None:
+def create_atomically(
+    path: Path,
+    build: Callable[[Path], object],
+    template: str | None = None,
+    adapt: Callable[[Path], object] = lambda tmp: None,
+) -> None:
     """Create the SQLite database ``path`` by ``build(private_file)`` and a rename, under a lock: a kill
     mid-creation leaves no half-migrated database in place, and two first sweeps started together both
-    find one whole database."""
+    find one whole database. With ``template`` (a name that changes with the schema: the library's version), the
+    first database built is kept in :func:`cache_dir` and every later one is a copy of it (``adapt``-ed), not a
+    new run of the migrations (MLflow's take about 2 s)."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,14 +190,47 @@ def create_atomically(path: Path, build: Callable[[Path], object]) -> None:
         for stale in path.parent.glob(f".{path.name}.*.creating"):  # left by a creator killed mid-way
             stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        kept = cache_dir() / f"{template}.db" if template else None
         try:
-            with _unsynced(tmp):  # a private file: one fsync at the end, not one per migration step
-                build(tmp)
+            if kept is not None and _copied(kept, tmp):
+                adapt(tmp)
+            else:
+                with _unsynced(tmp):  # a private file: one fsync at the end, not one per migration step
+                    build(tmp)
+                if kept is not None:
+                    _keep(tmp, kept)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def cache_dir() -> Path:
+    """What sweep keeps between runs on this machine: ``$XDG_CACHE_HOME/sweep`` (``~/.cache/sweep``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweep"
+
+
+def _copied(template: Path, dest: Path) -> bool:
+    """Whether the kept template database could be copied to ``dest`` (it is there and whole)."""
+    try:
+        shutil.copyfile(template, dest)
+        return True
+    except OSError:
+        dest.unlink(missing_ok=True)
+        return False
+
+
+def _keep(built: Path, template: Path) -> None:
+    """Keep a copy of the database just built as the template (atomically; a cache that cannot be written is no
+    error: the next store is built again)."""
+    part = template.with_name(f".{template.name}.{os.getpid()}.part")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built, part)
+        os.replace(part, template)
+    except OSError:
+        part.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -27,7 +27,11 @@ def open_storage(url: str) -> Any:
 
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
-        store.create_atomically(path, lambda tmp: optuna.storages.RDBStorage(f"sqlite:///{tmp}").remove_session())
+        store.create_atomically(
+            path,
+            lambda tmp: optuna.storages.RDBStorage(f"sqlite:///{tmp}").remove_session(),
+            template=f"optuna-{optuna.__version__}",
+        )
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
     return optuna.storages.RDBStorage(url)
 

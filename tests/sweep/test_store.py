@@ -39,7 +39,8 @@ CREATE = "import sys; from sweep import store; store.ensure_sqlite(__import__('p
 def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path, cli) -> None:
     db = tmp_path / "mlruns.db"
     for delay in (0.0, 0.3):
-        proc = subprocess.Popen([sys.executable, "-c", CREATE, str(db)], cwd=tmp_path)
+        empty = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / f"cache{delay}")}  # no template: the migrations run
+        proc = subprocess.Popen([sys.executable, "-c", CREATE, str(db)], cwd=tmp_path, env=empty)
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob(".mlruns.db.*.creating")):  # killed mid-migration, not before
             assert proc.poll() is None and time.monotonic() < deadline, "the store was created before the kill"
@@ -53,6 +54,24 @@ def test_kill_9_during_the_store_creation_leaves_no_broken_store(tmp_path: Path,
     assert "no sweep named 'nothing-here'" in status.stderr and not db.exists()
     store.ensure_sqlite(db)  # the next creation is whole and clears what the killed ones left
     assert db.exists() and not list(tmp_path.glob(".mlruns.db.*.creating"))
+
+
+def test_a_new_store_is_a_copy_of_the_first_one_built(tmp_path: Path, monkeypatch) -> None:
+    """The first store built on a machine is kept as a template (in the cache folder); later ones are copies of it
+    that keep their Default experiment's artifacts next to themselves, and work as a migrated store does."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    import mlflow
+
+    firsts = []
+    for folder in ("first", "second"):
+        uri = f"sqlite:///{tmp_path / folder / 'mlruns.db'}"
+        client = store.client(uri)
+        assert client.get_experiment("0").artifact_location == (tmp_path / folder / "mlartifacts" / "0").as_uri()
+        run = client.create_run(store.experiment_id(client, "e", uri))
+        client.log_metric(run.info.run_id, "m", 1.0)
+        firsts.append(client.get_metric_history(run.info.run_id, "m")[0].value)
+    assert firsts == [1.0, 1.0]
+    assert (tmp_path / "cache" / "sweep" / f"mlflow-{mlflow.__version__}.db").is_file()
 
 
 SAME = (
