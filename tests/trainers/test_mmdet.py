@@ -22,8 +22,6 @@ if not HAVE_ENV and os.environ.get("SWEEP_REQUIRE_MMDET") != "1":
     pytest.skip(f"no mmdet environment at {default_python()} (scripts/mmdet-env.sh)", allow_module_level=True)
 
 CONFIG = "mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py"
-HP = {"epochs": 2, "batch_size": 4, "lr": 0.001, "optimizer": "adamw", "input_size": 128, "warmup_iters": 5}
-
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +105,48 @@ def test_the_shipped_sparse_rcnn_and_yolov3_configs_train_an_epoch(spec_file: st
     root = Path(__file__).resolve().parents[2]
     config = yaml.safe_load((root / "search_spaces" / spec_file).read_text())["model"]["config"]
     hp = {"epochs": 1, "batch_size": 2, "lr": 1e-4, "optimizer": "adamw", "input_size": 64, "warmup_iters": 2}
+    hp["repeat"] = 1  # an epoch is one pass over the pictures (YOLOv3's config repeats them 10 times)
     reporter = ListReporter()
     params = TrialParams(tiny, {"config": config, "weights": "none"}, hp, tmp_path / "w", threads=2)
     result = MmdetTrainer().fit(params, reporter)
     assert [m["epoch"] for m in reporter.metrics] == [1.0] and result.epochs_run == 1
     assert 0 <= reporter.metrics[0]["val_map50"] <= 1 and reporter.metrics[0]["train_loss"] > 0
     assert (tmp_path / "w" / "best.pth").stat().st_size > 10_000
+
+
+REPEATS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from worker import build_config
+def chain(dataset):
+    out = []
+    while dataset is not None:
+        out.append([dataset.get("type"), dataset.get("times")])
+        dataset = dataset.get("dataset")
+    return out
+for job in json.loads(sys.argv[2]):
+    print(json.dumps(chain(build_config(job).train_dataloader.dataset)))
+"""
+
+
+def test_repeat_sets_the_passes_over_the_training_images_per_epoch(tmp_path: Path) -> None:
+    """``repeat`` is the times of a config's RepeatDataset (YOLOv3's: 10) or a RepeatDataset wrapped around a
+    training set that has none (Sparse R-CNN's); unset, the config's own stays."""
+    import subprocess
+
+    sparse = "mmdet::sparse_rcnn/sparse-rcnn_r50_fpn_1x_coco.py"
+    base = {"weights": "none", "work_dir": str(tmp_path), "train_ann": "t.json", "val_ann": "v.json", "seed": 0}
+    hp = {"epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0, "num_workers": 0, "grad_clip": 0}
+    hp |= {"schedule": "cosine", "warmup_iters": 0}
+    jobs = [
+        {**base, "config": CONFIG, "classes": ["a"], "hparams": {**hp, "repeat": r}} for r in (None, 1, 3)
+    ] + [{**base, "config": sparse, "classes": ["a"], "hparams": {**hp, "repeat": r}} for r in (None, 2)]
+    worker = Path(__file__).resolve().parents[2] / "trainers" / "mmdet"
+    done = subprocess.run(
+        [default_python(), "-c", REPEATS, str(worker), json.dumps(jobs)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    chains = [json.loads(line) for line in done.stdout.splitlines()]
+    assert chains[0][0] == ["RepeatDataset", 10] and chains[1][0] == ["RepeatDataset", 1]
+    assert chains[2][0] == ["RepeatDataset", 3] and chains[0][1:] == chains[2][1:]
+    assert chains[3] == [["CocoDataset", None]] and chains[4] == [["RepeatDataset", 2], ["CocoDataset", None]]

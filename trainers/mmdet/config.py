@@ -57,3 +57,6 @@ class MmdetHParams(BaseModel):
     """Every Resize in the pipelines becomes this square scale (keeping the aspect ratio); None keeps them."""
     grad_clip: float = Field(0.0, ge=0)
     num_workers: int = Field(0, ge=0)
+    repeat: int | None = Field(None, ge=1)
+    """Passes over the training images per epoch: the ``times`` of the config's ``RepeatDataset`` (YOLOv3's
+    configs repeat theirs 10 times), or one wrapped around the training set; None keeps the config's."""

@@ -80,6 +80,15 @@ def build_config(job: dict[str, Any]) -> Any:
                     step.update(type="Resize", scale=(hp["input_size"], hp["input_size"]), keep_ratio=True)
                     step.pop("ratio_range", None)
                     step.pop("resize_type", None)
+    if hp.get("repeat"):
+        repeated = cfg.train_dataloader.dataset
+        while repeated.get("type") != "RepeatDataset" and "dataset" in repeated:
+            repeated = repeated["dataset"]
+        if repeated.get("type") == "RepeatDataset":
+            repeated["times"] = hp["repeat"]
+        elif hp["repeat"] > 1:
+            train = cfg.train_dataloader.dataset
+            cfg.train_dataloader.dataset = {"type": "RepeatDataset", "times": hp["repeat"], "dataset": train}
     cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator = cfg.test_evaluator = {"type": "SweepPredictions", "out_dir": job["work_dir"]}
     cfg.train_cfg = {"type": "EpochBasedTrainLoop", "max_epochs": hp["epochs"], "val_interval": 1}
