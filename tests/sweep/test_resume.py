@@ -18,8 +18,15 @@ from sweep import store
 from tests.conftest import scripted_spec, sweep_env
 
 pytestmark = pytest.mark.e2e
-TRIALS = 6
-OVERRIDES = [f"budget.trials={TRIALS}", "fixed.epochs=6", "fixed.epoch_s=0.3", "sampler.n_startup_trials=3"]
+TRIALS, EPOCHS = 4, 4
+OVERRIDES = [
+    f"budget.trials={TRIALS}",
+    "budget.max_concurrent=1",
+    f"fixed.epochs={EPOCHS}",
+    "fixed.epoch_s=0.6",
+    "fixed.peak_at=2",
+    "sampler.n_startup_trials=2",
+]
 
 
 def finished(uri: str, name: str, base: Path) -> int:
@@ -80,10 +87,11 @@ def ray_pids(ray_tmp: Path) -> set[int]:
     return pids
 
 
-def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Path) -> None:
+def test_ctrl_c_then_kill_9_right_after_a_trial_finished_then_resume(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it): Ray Tune stops and saves the sweep,
-    the parent and the interrupted trials end KILLED, exit 130. ``--resume``; then the resumed driver is killed
-    with -9 mid-sweep; ``--resume`` again finishes with exactly budget.trials trials, nothing run twice."""
+    the parent and the interrupted trial end KILLED, exit 130. ``--resume``; that driver is killed with -9 the
+    moment a trial's run says it finished, before Ray saved that in its state; ``--resume`` again does not train
+    that trial again (its run is left as it was), and finishes with exactly budget.trials trials, nothing twice."""
     uri = store.resolve_uri(None, tmp_path)
     spec = scripted_spec(tmp_path, *OVERRIDES)
     driver = Driver(tmp_path, spec, log="first.log")
@@ -102,16 +110,22 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
     interrupted = [r for r in runs if r.data.tags.get("sweep.state") == "interrupted"]
     assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
 
+    # Ray saves its state only when a checkpoint forces it; the last epochs, no new best (peak_at), report none, so
+    # the state Ray saved last has the trial running when its run says it finished: kill at once.
     before = finished(uri, "scripted", tmp_path)
-    driver = Driver(tmp_path, spec, "--resume", log="second.log")
+    driver = Driver(tmp_path, spec, "--resume", log="second.log", TUNE_GLOBAL_CHECKPOINT_S="600")
     driver.wait_finished(uri, tmp_path, before + 1)
     driver.kill_9()
-    assert finished(uri, "scripted", tmp_path) < TRIALS
+    ended = {r.data.tags["sweep.trial_id"]: r for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
+    ended = {t: r for t, r in ended.items() if r.info.status == "FINISHED"}
+    trained = {t: trained_log(tmp_path, t) for t in ended}
+    assert before < len(ended) < TRIALS
     time.sleep(0.5)
     assert not [p for p in ray_pids(driver.ray_tmp) if ours(p, driver.ray_tmp)]  # nothing of that driver's Ray left
 
     resumed = Driver(tmp_path, spec, "--resume", log="third.log")
     assert resumed.proc.wait(timeout=600) == 0, resumed.output()[-3000:]
+    assert "Traceback" not in resumed.output() and "UpdateFinishedTrialError" not in resumed.output()
 
     parents = store.parent_runs(mlflow, exp.experiment_id, "scripted")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -126,16 +140,20 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
 
     table = load_table("scripted", uri)  # what `status` shows first is the trial the parent names best
     assert f"({table.frame.iloc[0]['run']})" in parents[0].info.run_name
-    assert all(r.info.status == "FINISHED" for r in live)
+    assert all(r.info.status == "FINISHED" and r.data.tags["sweep.state"] == "completed" for r in live)
     assert all(r.info.status == "FAILED" for r in runs if r not in live)
     for run in live:
         steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
-        assert steps == list(range(1, 7)), steps  # every epoch once: nothing logged twice, none missing
+        assert steps == list(range(1, EPOCHS + 1)), steps  # every epoch once: nothing logged twice, none missing
+    now = {r.data.tags["sweep.trial_id"]: r for r in runs}
+    for trial, old in ended.items():  # what had ended when the driver was killed is untouched: not started again
+        assert (now[trial].info.end_time, now[trial].info.run_name) == (old.info.end_time, old.info.run_name)
+        assert trained_log(tmp_path, trial) == trained[trial]
     # Every trial has its folder; a trial the killed driver created after Ray last saved its state may have left
     # one too (its run is marked orphaned above).
     trial_dirs = {p.name for p in (tmp_path / "results" / "scripted" / "tune").iterdir() if p.is_dir()}
     assert {r.data.tags["sweep.trial_id"] for r in live} <= trial_dirs
-    # The Optuna study holds exactly the sweep's trials, each told its best epoch; a trial the killed driver
+    # The Optuna study holds exactly the sweep's trials, each told its best epoch once; a trial the killed driver
     # had asked for but Ray never saved is marked failed and orphaned, never left running.
     import optuna
 
@@ -150,6 +168,11 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_exactly_the_budget(tmp_path: Pa
     assert {t.user_attrs["sweep.trial_id"]: t.value for t in done} == pytest.approx(best)
 
 
+def trained_log(base: Path, trial: str) -> list[str]:
+    """The epochs a trial really trained, in order (the scripted trainer's log in its work folder)."""
+    return (base / "results" / "scripted" / "trials" / trial / "trained.log").read_text().split()
+
+
 def ours(pid: int, ray_tmp: Path) -> bool:
     """Whether ``pid`` is a live process of the Ray that runs in ``ray_tmp`` (its environment says so)."""
     import psutil
@@ -159,44 +182,3 @@ def ours(pid: int, ray_tmp: Path) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("RAY_TMPDIR") == str(ray_tmp)
     except psutil.Error:
         return False
-
-
-def test_kill_9_right_after_a_trial_finished_then_resume(tmp_path: Path) -> None:
-    """kill -9 of the driver the moment a trial is reported finished (before Ray saved that in its state): the
-    resume does not run that trial again, leaves its records as they were, and finishes exactly the budget."""
-    # One trial at a time, and Ray saving its state only when a checkpoint forces it; the last epoch, no new best,
-    # reports none, so the state Ray saved last has the first trial at epoch 3 when its run says it finished.
-    overrides = ["budget.trials=2", "budget.max_concurrent=1", "fixed.epochs=4", "fixed.epoch_s=1", "fixed.peak_at=2"]
-    spec = scripted_spec(tmp_path, *overrides)
-    uri = store.resolve_uri(None, tmp_path)
-    driver = Driver(tmp_path, spec, log="first.log", TUNE_GLOBAL_CHECKPOINT_S="600")
-    driver.wait_finished(uri, tmp_path, 1)  # the records say a trial ended: kill at once, before Ray saves that
-    driver.kill_9()
-    mlflow = store.client(uri)
-    exp = mlflow.get_experiment_by_name("scripted")
-    before = {
-        r.data.tags["sweep.trial_id"]: r
-        for r in mlflow.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
-        if r.data.tags.get("sweep.role") == "trial"
-    }
-    assert before, driver.output()[-3000:]
-
-    resumed = Driver(tmp_path, spec, "--resume", log="second.log")
-    assert resumed.proc.wait(timeout=300) == 0, resumed.output()[-3000:]
-    [parent] = store.parent_runs(mlflow, exp.experiment_id, "scripted")
-    runs = {r.data.tags["sweep.trial_id"]: r for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
-    live = {t: r for t, r in runs.items() if r.data.tags.get("sweep.state") != "orphaned"}
-    assert len(live) == 2 and all(r.data.tags["sweep.state"] == "completed" for r in live.values()), live
-    assert "Traceback" not in resumed.output() and "UpdateFinishedTrialError" not in resumed.output()
-    for trial, old in before.items():  # untouched: same end, same name, no restart
-        now = runs[trial]
-        assert (now.info.end_time, now.info.run_name) == (old.info.end_time, old.info.run_name)
-        assert "sweep.resumed_after_epoch" not in now.data.tags
-        trained = tmp_path / "results" / "scripted" / "trials" / trial / "trained.log"
-        assert trained.read_text().split() == ["1", "2", "3", "4"]  # each epoch trained once: not started again
-        assert [m.step for m in mlflow.get_metric_history(now.info.run_id, "val_top1")] == list(range(1, 5))
-    import optuna
-
-    study = optuna.load_study(study_name="scripted", storage=f"sqlite:///{tmp_path / 'results/scripted/optuna.db'}")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 2, [(t.number, t.state) for t in study.trials]
