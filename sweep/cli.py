@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sweep.errors import SweepError
+from sweep.errors import SweepError, disk_full, no_space
 from trainers.base import UserError
 
 TRIALS_ERRORED, USER_ERROR, INTERRUPTED = 1, 2, 130
@@ -37,8 +37,19 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with handled():
             outcome = run_sweep(spec, results=results, resume=args.resume, address=args.address)
+    except Exception as e:  # before any trial: nothing started, the same command works once there is space
+        if not disk_full(e):
+            raise
+        raise SweepError(f"{no_space(results / spec.name)}: {last_line_of(e)}; free some, then run it again") from None
     finally:
         stop_ray()
+    if outcome.fault:
+        print(
+            f"error: {outcome.fault}: the sweep stopped, its state kept; free some, then continue with: "
+            f"sweep run {args.spec} --resume",
+            file=sys.stderr,
+        )
+        return TRIALS_ERRORED
     if (results / spec.name / "tracking-pending.jsonl").exists():
         print(f"sweep {spec.name}: its tracking records wait for `sweep sync {spec.name}`")
     else:
@@ -57,6 +68,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         return TRIALS_ERRORED
     return 0
+
+
+def last_line_of(error: BaseException) -> str:
+    """The first line of ``error``'s message (SQLAlchemy's run to several)."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def spec_overrides(args: argparse.Namespace) -> list[str]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 from trainers.base import UserError
 
@@ -22,3 +26,32 @@ class SpecError(SweepError):
             super().__init__(f"{source}: {self.problems[0]}")
             return
         super().__init__(f"{source}: {count} problems" + "".join(f"\n  {p}" for p in self.problems))
+
+
+_FULL = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or what it was raised from, is a full disk: ENOSPC or EDQUOT, SQLite's "database or disk is
+    full", or a worker's error (Ray relays it as text) that says so."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(error) for words in _FULL):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_space(folder: os.PathLike | str) -> str:
+    """One line naming the full disk: the folder written to and what is left on its file system."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        left = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB left"
+    except OSError:
+        left = "full"
+    return f"no space left on the disk of {folder} ({left})"

@@ -21,6 +21,23 @@ INTERRUPTED = threading.Event()
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
+FAULT: list[str] = []
+"""Why the sweep stopped itself, when it did (the first reason): a fault no trial can get past, such as a full disk."""
+
+
+def stop_for(reason: str) -> None:
+    """Stop the sweep as Ctrl-C does (Tune saves its state, what was running ends KILLED, ``--resume`` goes on), for
+    ``reason``; the command then says it in one line. From any thread; the first reason is the one kept."""
+    if FAULT:
+        return
+    FAULT.append(reason)
+    INTERRUPTED.set()
+    handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    if callable(handler) and getattr(handler, "__name__", "") == "signal_interrupt_tune_run":
+        with suppress(ValueError):  # it also puts SIGINT's handler back, which only the main thread may do
+            handler(signal.SIGUSR1, None)
+
+
 def _ask_tune_to_stop(frame: Any) -> None:
     tune_handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
     if callable(tune_handler) and getattr(tune_handler, "__name__", "") == "signal_interrupt_tune_run":

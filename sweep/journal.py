@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
-from sweep.errors import SweepError
+from sweep.errors import SweepError, disk_full, no_space
+from sweep.interrupts import stop_for
 from sweep.store import STATE_TAG, STOP_REASON, TRIAL, redact, trial_runs, unreachable
 from trainers.base import link_or_copy
 
@@ -270,6 +271,8 @@ class Journal:
         """Set by :meth:`drain`: the thread gives up on an unreachable store at this time."""
         self.refused: str | None = None
         """Why the store refused this user's writes, when it did (the records are kept)."""
+        self.unkept = False
+        """Whether the pending records are only in memory: the journal file could not be written (a full disk)."""
 
     def start(self) -> Journal:
         self._thread = threading.Thread(target=self._deliver, name="sweep-tracking", daemon=True)
@@ -296,6 +299,11 @@ class Journal:
             try:
                 self.writer.apply(self.pending[0])
             except Exception as e:
+                if disk_full(e):  # the store's own disk (an embedded SQLite store): no write can succeed now
+                    self._next_try = time.monotonic() + self.retry_every_s
+                    stop_for(no_space(self.path.parent))
+                    self._spool()
+                    return False
                 if not transient(e):
                     print(
                         f"tracking: dropped a rejected write ({self._pop()['op']}): {redact(str(e))}",
@@ -363,20 +371,35 @@ class Journal:
 
     def _keep(self, op: Op) -> None:
         dest = self.path.with_suffix(".files") / op["trial"] / str(op["step"]) / Path(op["path"]).name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        link_or_copy(Path(op["path"]), dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(Path(op["path"]), dest)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            stop_for(no_space(self.path.parent))  # delivered from where it is, if it still is there
+            return
         op.update(path=str(dest), spooled=True)
 
     def _spool(self) -> None:
-        """Write the queue to disk (its artifacts' files are in the spool folder already)."""
+        """Write the queue to disk (its artifacts' files are in the spool folder already). On a full disk the
+        queue stays in memory (and the sweep is stopped): :attr:`unkept` says so."""
         with self._wake:
             ops = list(self.pending)
         for op in ops:
             if op["op"] == "artifact" and not op.get("spooled"):
                 self._keep(op)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
-        tmp.replace(self.path)
+        try:
+            tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
+            tmp.replace(self.path)
+            self.unkept = False
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            tmp.unlink(missing_ok=True)
+            self.unkept = True
+            stop_for(no_space(self.path.parent))
 
     @staticmethod
     def _done(op: Op) -> None:

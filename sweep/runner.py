@@ -60,7 +60,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message="All-NaN slice")  # ASHA's rung of diverged (NaN) trials
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)  # a retry warning per attempt
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # each failed write: the journal says
 
 
 def trial_dirname(trial: Any) -> str:
@@ -214,6 +214,8 @@ class Outcome:
     """(trial id, one-line reason) of each errored trial."""
     log: Path
     """Ray's own log lines and tracebacks."""
+    fault: str | None = None
+    """Why the sweep stopped itself before its end (a full disk), when it did: resumable once that is fixed."""
 
 
 def run_sweep(
@@ -306,16 +308,23 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
             tune_config=_tune_config(spec, study_storage),
             run_config=run_config(spec, root, place, uri, exp_id, parent_id, tags, dataset),
         )
-    from sweep.interrupts import INTERRUPTED, kept
+    from sweep.errors import disk_full, no_space
+    from sweep.interrupts import FAULT, INTERRUPTED, kept
     from sweep.tracking import last_line
 
     INTERRUPTED.clear()  # set only by a signal the command's handler (sweep.interrupts.handled) caught during fit
-    with kept():  # Tune installs handlers of its own inside fit(); the caller's are back after it
-        grid = tuner.fit()
+    FAULT.clear()  # or by a fault that stops the sweep (sweep.interrupts.stop_for)
+    try:
+        with kept():  # Tune installs handlers of its own inside fit(); the caller's are back after it
+            grid = tuner.fit()
+    except Exception as e:  # Tune's own write of its state on a full disk: stopped where it was, resumable
+        if not disk_full(e):
+            raise
+        return Outcome([], True, [], root / LOG_FILE, FAULT[0] if FAULT else no_space(root))
     if not INTERRUPTED.is_set():
         study.close_orphans(study_url, spec.name)
     errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]
-    return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE)
+    return Outcome(grid, INTERRUPTED.is_set(), errors, root / LOG_FILE, FAULT[0] if FAULT else None)
 
 
 def ended_trials(mlflow: Any, exp_id: str, parent_id: str) -> dict[str, dict[str, Any]]:
@@ -412,7 +421,7 @@ def start_ray(address: str | None, log: Path) -> None:
                 )
             raise SweepError(f"--address {address}: cannot join the Ray cluster: {first}{hint}") from None
         _OWNED.set()
-    handler = logging.FileHandler(log)
+    handler = _QuietFileHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("ray", "ray.tune", "ray.train"):
         logger = logging.getLogger(name)
@@ -423,6 +432,14 @@ def start_ray(address: str | None, log: Path) -> None:
     ray_logger.addHandler(handler)
     ray_logger.setLevel(logging.INFO)
     ray_logger.propagate = False
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """The log file's handler: a line that cannot be written (a full disk) is lost quietly, not a traceback on the
+    terminal per line (the sweep itself says what is wrong)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
 
 
 @contextmanager

@@ -7,9 +7,13 @@ trial runs' ``best_<metric>`` say them. A diverged trial is told NaN, which Optu
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
+
+from sweep.errors import disk_full, no_space
+from sweep.interrupts import stop_for
 
 
 class BestEpochSearch(OptunaSearch):
@@ -17,7 +21,13 @@ class BestEpochSearch(OptunaSearch):
     Optuna trial carries its Ray trial id (user attribute ``sweep.trial_id``)."""
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config = super().suggest(trial_id)
+        try:
+            config = super().suggest(trial_id)
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            stop_for(no_space(self._storage_path()))  # no new trial; the sweep stops, resumable
+            return None
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("sweep.trial_id", trial_id)
         return config  # type: ignore[no-any-return]
@@ -50,7 +60,17 @@ class BestEpochSearch(OptunaSearch):
         diverged = isinstance(last, float) and math.isnan(last)
         if result is not None and best and not diverged:
             result = {**result, **best}
-        super().on_trial_complete(trial_id, result, error)
+        try:
+            super().on_trial_complete(trial_id, result, error)
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            stop_for(no_space(self._storage_path()))  # the study learns it on --resume (the records are the truth)
+
+    def _storage_path(self) -> str:
+        """Where the study is kept, for a message: its SQLite file's folder, or its database."""
+        url = str(getattr(self._ot_study._storage, "url", "") if self._ot_study is not None else "")
+        return str(Path(url.removeprefix("sqlite:///")).parent) if url.startswith("sqlite:///") else url or "study"
 
     def _objectives(self) -> list[tuple[str, str]]:
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from sweep.interrupts import INTERRUPTED
+from sweep.errors import disk_full, no_space
+from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.runner import NODE_TAG, flat_config
 from sweep.storage import best_files
@@ -181,7 +182,10 @@ class MlflowCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._open.discard(trial.trial_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        tags = {STATE_TAG: "errored", "sweep.error": error_line(trial)[:4000], "sweep.epochs_run": str(epochs)}
+        line = error_line(trial)
+        if disk_full(RuntimeError(line)):  # every trial writing there would fail the same way: stop, resumable
+            stop_for(no_space(self.journal_path.parent))
+        tags = {STATE_TAG: "errored", "sweep.error": line[:4000], "sweep.epochs_run": str(epochs)}
         self._submit(trials, trial, "end", status="FAILED", tags=tags)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
@@ -198,7 +202,11 @@ class MlflowCallback(Callback):
         self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})
         self.journal.submit({"op": "summary", "context": self.context})
         self.journal.submit({"op": "parent_end", "status": "KILLED" if INTERRUPTED.is_set() else "FINISHED"})
-        if not self.journal.drain(self.drain_s):
+        if FAULT:  # the store shares the full disk: what it could not take is said with the fault, not here
+            self.journal.drain(min(self.drain_s, 2.0))
+            if self.journal.unkept:  # said with the fault, in its one line
+                FAULT[0] = f"{FAULT[0]}; {len(self.journal.pending)} tracking records could not be written"
+        elif not self.journal.drain(self.drain_s):
             print(
                 f"tracking: store still unreachable; {len(self.journal.pending)} records kept in "
                 f"{self.journal_path}; deliver them with `sweep sync`",

@@ -1,6 +1,13 @@
 """A trial whose loss diverges ends with its reason, not retried; a trial that raises errors, is retried as the
-budget allows, and the sweep exits 1 with one line (a killed worker: tests/sweep/test_cluster.py)."""
+budget allows, and the sweep exits 1 with one line (a killed worker: tests/sweep/test_cluster.py); a full disk
+stops the sweep, resumable, in one line."""
 
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -112,3 +119,64 @@ def test_the_same_sweep_started_twice_at_once_is_refused(tmp_path: Path, cli, ra
     [parent] = store.parent_runs(mlflow, exp.experiment_id, "scripted")
     runs = store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)
     assert len(runs) == 2 and all(r.data.tags["sweep.state"] == "completed" for r in runs)
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A small RAM disk mounted at ``folder`` for the block (root only); skipped with one line where it cannot be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs here (needs root): {done.stderr.decode().strip()[:120]}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)  # lazy: this process may still hold a file open
+
+
+def fill(disk: Path) -> Path:
+    """Write zeros to ``disk`` until it is full."""
+    filler = disk / "filler"
+    with contextlib.suppress(OSError), open(filler, "ab") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+def test_a_full_disk_is_one_line_and_the_sweep_resumes_once_there_is_space(tmp_path: Path, cli, ray_session) -> None:
+    """Results on a full disk: before anything started, exit 2 and one line naming the disk (no store left half
+    built); full mid-sweep (the trials' checkpoints, Ray's state, the embedded store and the study all live there),
+    the sweep stops as an interrupt does, one line, exit 1; space freed, ``--resume`` finishes it: every trial once,
+    every epoch once."""
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        spec = scripted_spec(disk, "budget.trials=4", "fixed.epochs=4", "fixed.epoch_s=0.2")
+        filler = fill(disk)
+        refused = cli("run", spec, cwd=disk)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused
+        assert "no space left on the disk of" in refused.stderr and not (disk / "mlruns.db").exists(), refused
+        filler.unlink()
+
+        def fill_after_an_epoch() -> None:
+            deadline = time.monotonic() + 120
+            while not list(disk.glob("results/scripted/tune/*/result.json")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            fill(disk)
+
+        filling = threading.Thread(target=fill_after_an_epoch)
+        filling.start()
+        stopped = cli("run", spec, cwd=disk)
+        filling.join()
+        assert stopped.returncode == 1 and stopped.stderr.count("\n") == 1, stopped
+        assert "no space left on the disk of" in stopped.stderr and "sweep run" in stopped.stderr, stopped
+        assert "--resume" in stopped.stderr and "Traceback" not in stopped.stdout + stopped.stderr, stopped
+        filler.unlink()
+
+        resumed = cli("run", spec, "--resume", cwd=disk)
+        assert resumed.returncode == 0 and "4 trials · 4 completed" in resumed.stdout, resumed
+        uri = store.resolve_uri(None, disk)
+        mlflow = store.client(uri)
+        runs = list(trials(uri, "scripted").values())
+        assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3, 4]
