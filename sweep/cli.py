@@ -44,8 +44,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         stop_ray()
     if outcome.fault:
+        fix = "free some" if outcome.fault.startswith("no space") else "once it answers"
         print(
-            f"error: {outcome.fault}: the sweep stopped, its state kept; free some, then continue with: "
+            f"error: {outcome.fault}: the sweep stopped, its state kept; {fix}, continue with: "
             f"sweep run {args.spec} --resume",
             file=sys.stderr,
         )

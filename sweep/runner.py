@@ -317,10 +317,13 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
     try:
         with kept():  # Tune installs handlers of its own inside fit(); the caller's are back after it
             grid = tuner.fit()
-    except Exception as e:  # Tune's own write of its state on a full disk: stopped where it was, resumable
-        if not disk_full(e):
+    except Exception as e:  # Tune's own write or read of its state: a full disk, an object store gone
+        down = storage.gone(str(e)) if spec.storage.uri else None
+        if not disk_full(e) and not down:
             raise
-        return Outcome([], True, [], root / LOG_FILE, FAULT[0] if FAULT else no_space(root))
+        # Tune ended the trials (and the tracking callback recorded them) before it failed: resumable
+        fault = FAULT[0] if FAULT else (no_space(root) if disk_full(e) else f"{place.url}: {down}")
+        return Outcome([], True, [], root / LOG_FILE, fault)
     if not INTERRUPTED.is_set():
         study.close_orphans(study_url, spec.name)
     errors = [(Path(r.path).name, last_line(str(r.error))) for r in grid if r.error is not None]  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ endpoint, never a key.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -127,6 +128,18 @@ def _s3_problem(message: str, storage: Storage) -> str:
     if "access denied" in text or "forbidden" in text or "invalidaccesskeyid" in text or "signature" in text:
         return f"{at} refused the credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a role)"
     return f"cannot write to it ({message.strip().splitlines()[0][:200]})"
+
+
+_UNREACHABLE = ("Could not connect to server", "NETWORK_CONNECTION", "Connection refused", "Failed to connect")
+
+
+def gone(text: str) -> str | None:
+    """Why the object store cannot be reached, from an error's text (pyarrow's S3 client, in the driver or a worker),
+    or None when the error is another one."""
+    if not any(words in text for words in _UNREACHABLE):
+        return None
+    found = re.search(r"Failed to connect to [^:;]+", text)
+    return f"the object store does not answer ({found.group(0) if found else 'could not connect'})"
 
 
 def scratch() -> Path:

@@ -23,7 +23,7 @@ from sweep.errors import disk_full, no_space
 from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.runner import NODE_TAG, flat_config
-from sweep.storage import best_files
+from sweep.storage import best_files, gone
 from sweep.store import STATE_TAG, STOP_REASON, client
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ class MlflowCallback(Callback):
         line = error_line(trial)
         if disk_full(RuntimeError(line)):  # every trial writing there would fail the same way: stop, resumable
             stop_for(no_space(self.journal_path.parent))
+        elif gone(line):  # the object store holding the checkpoints stopped answering: the same for every trial
+            stop_for(str(gone(line)))
         tags = {STATE_TAG: "errored", "sweep.error": line[:4000], "sweep.epochs_run": str(epochs)}
         self._submit(trials, trial, "end", status="FAILED", tags=tags)
 

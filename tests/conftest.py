@@ -3,11 +3,13 @@ PostgreSQL the tests start themselves, and the scripted trainer (registered by i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +43,54 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Gate:
+    """A TCP forwarder to ``127.0.0.1:target`` on a port of its own, which a test shuts (new connections refused,
+    open ones cut: what a client sees of a server that died) and opens again (the server as it was, with its data)."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.port = target, free_port()
+        self._server: socket.socket | None = None
+        self._open: list[socket.socket] = []
+
+    def open(self) -> Gate:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def shut(self) -> None:
+        for sock in [s for s in (self._server,) if s is not None] + self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept() or recv()
+            sock.close()
+        self._server, self._open = None, []
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
 
 
 BROWSER_FLAGS = [

@@ -3,6 +3,8 @@ budget allows, and the sweep exits 1 with one line (a killed worker: tests/sweep
 stops the sweep, resumable, in one line."""
 
 import contextlib
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sweep import store
-from tests.conftest import scripted_spec, sets
+from tests.conftest import Gate, free_port, scripted_spec, sets
 
 pytestmark = pytest.mark.e2e
 GRID = [
@@ -180,3 +182,71 @@ def test_a_full_disk_is_one_line_and_the_sweep_resumes_once_there_is_space(tmp_p
         assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
         for run in runs:
             assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3, 4]
+
+
+def test_the_object_store_gone_mid_sweep_is_one_line_and_the_sweep_resumes(
+    tmp_path: Path, cli, monkeypatch, ray_session
+) -> None:
+    """Checkpoints on an S3 object store (moto's server, behind a gate the test shuts): once a trial checkpointed,
+    the store stops answering; the sweep stops as an interrupt does, exit 1, one line naming the store and the
+    ``--resume`` that continues it, nothing RUNNING. The store back, ``--resume`` finishes every trial, every epoch
+    once."""
+    import sys
+
+    import boto3
+
+    keys = {"AWS_ACCESS_KEY_ID": "sweep-test", "AWS_SECRET_ACCESS_KEY": "k", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in keys.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3.create_bucket(Bucket="sweeps")
+                break
+            except Exception:
+                assert moto.poll() is None and time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.2)
+        gate = Gate(port).open()
+        spec = scripted_spec(
+            tmp_path, "budget.trials=2", "fixed.epochs=4", "fixed.epoch_s=0.3", f"storage.endpoint=http://127.0.0.1:{gate.port}"
+        )
+
+        def shut_after_a_checkpoint() -> None:
+            while time.monotonic() < deadline + 120:
+                listed = s3.list_objects_v2(Bucket="sweeps", Prefix="x/scripted/tune/").get("Contents", [])
+                if any("/checkpoint_" in o["Key"] for o in listed):
+                    break
+                time.sleep(0.05)
+            gate.shut()
+
+        shutting = threading.Thread(target=shut_after_a_checkpoint)
+        shutting.start()
+        stopped = cli("run", spec, "--storage", "s3://sweeps/x", cwd=tmp_path)
+        shutting.join()
+        assert stopped.returncode == 1 and "Traceback" not in stopped.stdout + stopped.stderr, stopped
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert "the object store does not answer" in last and f"port {gate.port}" in last and "--resume" in last
+        uri = store.resolve_uri(None, tmp_path)
+        mlflow = store.client(uri)
+        exp = mlflow.get_experiment_by_name("scripted")
+        assert not [r for r in mlflow.search_runs([exp.experiment_id]) if r.info.status == "RUNNING"]
+
+        gate.open()
+        resumed = cli("run", spec, "--storage", "s3://sweeps/x", "--resume", cwd=tmp_path)
+        assert resumed.returncode == 0 and "2 trials · 2 completed" in resumed.stdout, resumed
+        runs = list(trials(uri, "scripted").values())
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")] == [1, 2, 3, 4]
+    finally:
+        os.killpg(moto.pid, signal.SIGKILL)
+        moto.wait(timeout=30)
