@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sweep import store
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, Gate, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +95,8 @@ def tracking_server(postgres: str, store: Path, admin_password: str | None = Non
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, postgres):
-    """One server for the module (each test logs to its own experiment); a test that stops it starts it again."""
+    """One server for the module (each test logs to its own experiment); a test that takes it away does so with a
+    :class:`~tests.conftest.Gate` between the sweep and the server."""
     with tracking_server(postgres, tmp_path_factory.mktemp("tracking") / "artifact-store") as srv:
         yield srv
 
@@ -146,13 +147,14 @@ class RunningSweep:
 
 
 def test_server_outage_mid_sweep_loses_nothing(server, tmp_path: Path, capsys, ray_session) -> None:
-    sweep = RunningSweep(tmp_path, f"tracking.uri={server.url}", "tracking.experiment=outage")
+    gate = Gate(server.port).open()  # the server as the sweep reaches it: shut, it is gone; open, it is back
+    sweep = RunningSweep(tmp_path, f"tracking.uri=http://127.0.0.1:{gate.port}", "tracking.experiment=outage")
     sweep.wait_epochs(2)
-    server.stop()
+    gate.shut()
     sweep.wait_epochs(sweep.epochs() + 3)  # training goes on while the store is away
     pending = tmp_path / "results" / "scripted" / "tracking-pending.jsonl"
     assert pending.exists()
-    server.start()
+    gate.open()
     sweep.finish()
     out = capsys.readouterr()
     assert "store unreachable" in out.err + out.out and "every kept record delivered" in out.err + out.out, out
@@ -174,10 +176,11 @@ def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path, capsys
     """A password in the tracking URI: the records kept during the outage reach that same server through
     `sweep sync`, and the password is in no file, no MLflow record and no output."""
     password = f"pw-{uuid.uuid4().hex[:12]}"
-    url = server.url.replace("http://", f"http://sweeper:{password}@")
+    gate = Gate(server.port).open()
+    url = f"http://sweeper:{password}@127.0.0.1:{gate.port}"
     sweep = RunningSweep(tmp_path, f"tracking.uri={url}", "tracking.drain_s=2", "tracking.experiment=gone")
     sweep.wait_epochs(1)
-    server.stop()
+    gate.shut()
     sweep.finish()
     out = capsys.readouterr()
     pending = tmp_path / "results" / "scripted" / "tracking-pending.jsonl"
@@ -185,7 +188,7 @@ def test_store_gone_until_the_end_then_sweep_sync(server, tmp_path: Path, capsys
     refused = cli("sync", "scripted", cwd=tmp_path)
     assert refused.returncode == 2 and "cannot reach" in refused.stderr and pending.exists(), refused
     kept = len(pending.read_text().splitlines())
-    server.start()
+    gate.open()
     done = cli("sync", "scripted", cwd=tmp_path)
     assert done.returncode == 0 and f"{kept} kept records delivered to http://127.0.0.1" in done.stdout, done
     assert not pending.exists() and not (tmp_path / "mlruns.db").exists()
