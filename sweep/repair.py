@@ -13,9 +13,14 @@ earlier driver of the same sweep wrote it), which is why its pickled parts may b
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from sweep import storage
+from sweep.errors import SweepError
 
 LIFECYCLE = "lifecycle.json"
 
@@ -36,7 +41,11 @@ def repair(place: storage.Storage) -> list[str]:
         return []
     latest = max(states)
     with filesystem.open_input_stream(latest) as f:
-        state = _loads_with_cloudpickle(f.read())
+        text = f.read()
+    try:
+        state = _loads_with_cloudpickle(text)
+    except ValueError:  # Ray rewrites the file in place: a write cut short (a full disk) leaves half of it
+        state = _loads_with_cloudpickle(_whole_copy(filesystem, latest))
     changed = []
     for entry in state.get("trial_data", []):
         trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
@@ -53,6 +62,70 @@ def repair(place: storage.Storage) -> list[str]:
             f.write(text.encode())
         filesystem.move(latest + ".tmp", latest)
     return changed
+
+
+def _whole_copy(filesystem: Any, latest: str) -> bytes:
+    """The last whole copy of the state (:class:`StateBackup`'s), put back in place of the one cut short."""
+    from pyarrow import fs as pafs
+
+    good = latest + GOOD
+    if filesystem.get_file_info(good).type == pafs.FileType.NotFound:
+        raise SweepError(
+            f"--resume: Ray Tune's saved state {latest} is cut short (written to a full disk?) and no whole copy of it "
+            "was kept; this sweep cannot be resumed: run it again under another name"
+        )
+    with filesystem.open_input_stream(good) as f:
+        text = f.read()
+    with filesystem.open_output_stream(latest + ".tmp") as f:
+        f.write(text)
+    filesystem.move(latest + ".tmp", latest)
+    print(f"--resume: Ray Tune's saved state was cut short; resuming from its last whole copy ({good})", flush=True)
+    return bytes(text)
+
+
+GOOD = ".whole"
+"""The suffix of the last whole copy of Ray Tune's experiment state, kept beside it."""
+
+
+class StateBackup(Callback):
+    """A Ray Tune callback that keeps a copy of Ray Tune's experiment state each time the file is whole and new
+    (``experiment_state-*.json.whole``, written to a temporary name and renamed): Ray rewrites the file in place,
+    so a write cut short by a full disk would otherwise leave a sweep no ``--resume`` can read."""
+
+    def __init__(self, tune_dir: str) -> None:
+        self.tune_dir = tune_dir
+        self._seen: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_seen": {}}
+
+    def backup(self) -> None:
+        for path in Path(self.tune_dir).glob("experiment_state-*.json"):
+            try:
+                changed = path.stat().st_mtime_ns
+                if self._seen.get(path.name) == changed:
+                    continue
+                text = path.read_bytes()
+                json.loads(text)
+            except (OSError, ValueError):  # being written or cut short: the older copy stays
+                continue
+            tmp = path.with_name(path.name + GOOD + ".tmp")
+            try:
+                tmp.write_bytes(text)
+                os.replace(tmp, path.with_name(path.name + GOOD))
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                continue
+            self._seen[path.name] = changed
+
+    def on_trial_result(self, *args: Any, **kwargs: Any) -> None:
+        self.backup()
+
+    def on_trial_complete(self, *args: Any, **kwargs: Any) -> None:
+        self.backup()
+
+    def on_experiment_end(self, *args: Any, **kwargs: Any) -> None:
+        self.backup()
 
 
 def _filesystem(place: storage.Storage) -> tuple[Any, str]:

@@ -274,6 +274,10 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
         print(f"[{spec.name}] {joined(address)}", flush=True)
     from ray import tune
 
+    if resume:  # before any record changes: a state no --resume can read is refused with nothing touched
+        from sweep.repair import repair
+
+        repair(place)  # a trial whose named checkpoint a killed driver left deleted goes on from its newest
     tags = common_tags(spec, base)  # once: it asks git for the commit
     dataset = dataset_info(spec, sizes)
     if resume:
@@ -292,9 +296,6 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
         _atomic_json(state_file, record)
     trainable = make_trainable(spec, place, ended_trials(mlflow, exp_id, parent_id) if resume else None)
     if resume:
-        from sweep.repair import repair
-
-        repair(place)  # a trial whose named checkpoint a killed driver left deleted goes on from its newest
         tuner = tune.Tuner.restore(
             place.tune_path,
             trainable=trainable,
@@ -692,6 +693,10 @@ def run_config(
         ),
         ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], trials or spec.budget.trials),
     ]
+    if place.filesystem() is None and role == store.TRIAL:  # on an object store each upload is whole
+        from sweep.repair import StateBackup
+
+        callbacks.append(StateBackup(place.tune_path))
     return tune.RunConfig(
         name="tune" if role == store.TRIAL else f"{role}-{time.strftime('%Y%m%d-%H%M%S')}",
         storage_path=place.path,

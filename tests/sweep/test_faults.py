@@ -74,7 +74,8 @@ def test_errored_trials_exit_1_with_the_first_reason_and_no_traceback(tmp_path: 
 def test_resume_after_the_state_names_a_deleted_checkpoint(tmp_path: Path, cli, ray_session) -> None:
     """A driver killed between Ray deleting a trial's older checkpoint and saving the state that names the newer one
     leaves a state pointing at a folder that is gone: ``--resume`` points the trial at the newest checkpoint its
-    folder holds, and it goes on from there (no epoch redone, none missing)."""
+    folder holds, and it goes on from there (no epoch redone, none missing). A state file cut short (a full disk) is
+    replaced by its last whole copy; with none kept, ``--resume`` refuses in one line, nothing touched."""
     spec = scripted_spec(tmp_path, "budget={trials: 1, max_concurrent: 1, max_failures: 0, checkpoint_every_s: 0}")
     first = cli("run", spec, *sets("fixed.epochs=4", "fixed.fail_once_at=3"), cwd=tmp_path)
     assert first.returncode == 1, first  # errored in epoch 3, checkpointed after epoch 2
@@ -82,8 +83,17 @@ def test_resume_after_the_state_names_a_deleted_checkpoint(tmp_path: Path, cli, 
     [kept] = sorted(trial_dir.glob("checkpoint_*"))
     newer = kept.with_name(f"checkpoint_{int(kept.name.split('_')[1]) + 1:06d}")
     kept.rename(newer)  # the state names `kept`, which is gone; the folder holds a newer one
+    # and the state itself cut short (Ray rewrites it in place: a full disk): its last whole copy is used
+    [state] = (tmp_path / "results" / "scripted" / "tune").glob("experiment_state-*.json")
+    whole = state.with_name(state.name + ".whole")
+    assert whole.read_bytes() == state.read_bytes()
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    whole.rename(whole.with_suffix(".aside"))
+    refused = cli("run", spec, "--resume", *sets("fixed.epochs=4", "fixed.fail_once_at=3"), cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "is cut short" in refused.stderr, refused
+    whole.with_suffix(".aside").rename(whole)
     resumed = cli("run", spec, "--resume", *sets("fixed.epochs=4", "fixed.fail_once_at=3"), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed
+    assert resumed.returncode == 0 and "resuming from its last whole copy" in resumed.stdout, resumed
     uri = store.resolve_uri(None, tmp_path)
     [run] = trials(uri, "scripted").values()
     assert run.info.status == "FINISHED" and run.data.tags["sweep.state"] == "completed"
