@@ -44,9 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         stop_ray()
     if outcome.fault:
-        fix = "free some" if outcome.fault.startswith("no space") else "once it answers"
         print(
-            f"error: {outcome.fault}: the sweep stopped, its state kept; {fix}, continue with: "
+            f"error: {outcome.fault.reason}: the sweep stopped, its state kept; {outcome.fault.fix}, continue with: "
             f"sweep run {args.spec} --resume",
             file=sys.stderr,
         )

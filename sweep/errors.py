@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from trainers.base import UserError
 
@@ -43,6 +44,22 @@ def disk_full(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+class Fault(NamedTuple):
+    """Why a sweep stopped itself before its end (:func:`sweep.interrupts.stop_for`), and what lets ``--resume``
+    go on."""
+
+    reason: str
+    fix: str
+
+    @classmethod
+    def full_disk(cls, folder: os.PathLike | str) -> Fault:
+        return cls(no_space(folder), "free some")
+
+    @classmethod
+    def store_gone(cls, reason: str) -> Fault:
+        return cls(reason, "once it answers")
 
 
 def no_space(folder: os.PathLike | str) -> str:

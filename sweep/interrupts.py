@@ -16,21 +16,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from sweep.errors import Fault
+
 INTERRUPTED = threading.Event()
 """Set by the first Ctrl-C or SIGTERM of a sweep the command runs."""
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
-FAULT: list[str] = []
-"""Why the sweep stopped itself, when it did (the first reason): a fault no trial can get past, such as a full disk."""
+FAULT: list[Fault] = []
+"""Why the sweep stopped itself, when it did (the first fault): one no trial can get past, such as a full disk."""
 
 
-def stop_for(reason: str) -> None:
+def stop_for(fault: Fault) -> None:
     """Stop the sweep as Ctrl-C does (Tune saves its state, what was running ends KILLED, ``--resume`` goes on), for
-    ``reason``; the command then says it in one line. From any thread; the first reason is the one kept."""
+    ``fault``; the command then says it in one line. From any thread; the first fault is the one kept."""
     if FAULT:
         return
-    FAULT.append(reason)
+    FAULT.append(fault)
     INTERRUPTED.set()
     handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
     if callable(handler) and getattr(handler, "__name__", "") == "signal_interrupt_tune_run":

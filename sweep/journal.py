@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
-from sweep.errors import SweepError, disk_full, no_space
+from sweep.errors import Fault, SweepError, disk_full
 from sweep.interrupts import stop_for
 from sweep.store import STATE_TAG, STOP_REASON, TRIAL, redact, trial_runs, unreachable
 from trainers.base import link_or_copy
@@ -301,7 +301,7 @@ class Journal:
             except Exception as e:
                 if disk_full(e):  # the store's own disk (an embedded SQLite store): no write can succeed now
                     self._next_try = time.monotonic() + self.retry_every_s
-                    stop_for(no_space(self.path.parent))
+                    stop_for(Fault.full_disk(self.path.parent))
                     self._spool()
                     return False
                 if not transient(e):
@@ -377,7 +377,7 @@ class Journal:
         except OSError as e:
             if not disk_full(e):
                 raise
-            stop_for(no_space(self.path.parent))  # delivered from where it is, if it still is there
+            stop_for(Fault.full_disk(self.path.parent))  # delivered from where it is, if it still is there
             return
         op.update(path=str(dest), spooled=True)
 
@@ -399,7 +399,7 @@ class Journal:
                 raise
             tmp.unlink(missing_ok=True)
             self.unkept = True
-            stop_for(no_space(self.path.parent))
+            stop_for(Fault.full_disk(self.path.parent))
 
     @staticmethod
     def _done(op: Op) -> None:

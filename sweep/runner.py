@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sweep import lock, records, storage, store, study
-from sweep.errors import SweepError
+from sweep.errors import Fault, SweepError
 from sweep.journal import ended_for_good
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
@@ -214,7 +214,7 @@ class Outcome:
     """(trial id, one-line reason) of each errored trial."""
     log: Path
     """Ray's own log lines and tracebacks."""
-    fault: str | None = None
+    fault: Fault | None = None
     """Why the sweep stopped itself before its end (a full disk), when it did: resumable once that is fixed."""
 
 
@@ -309,7 +309,7 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
             tune_config=_tune_config(spec, study_storage),
             run_config=run_config(spec, root, place, uri, exp_id, parent_id, tags, dataset),
         )
-    from sweep.errors import disk_full, no_space
+    from sweep.errors import disk_full
     from sweep.interrupts import FAULT, INTERRUPTED, kept
     from sweep.tracking import last_line
 
@@ -323,7 +323,8 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
         if not disk_full(e) and not down:
             raise
         # Tune ended the trials (and the tracking callback recorded them) before it failed: resumable
-        fault = FAULT[0] if FAULT else (no_space(root) if disk_full(e) else f"{place.url}: {down}")
+        fault = Fault.full_disk(root) if disk_full(e) else Fault.store_gone(f"{place.url}: {down}")
+        fault = FAULT[0] if FAULT else fault
         return Outcome([], True, [], root / LOG_FILE, fault)
     if not INTERRUPTED.is_set():
         study.close_orphans(study_url, spec.name)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep.errors import disk_full, no_space
+from sweep.errors import Fault, disk_full
 from sweep.interrupts import stop_for
 
 
@@ -26,7 +26,7 @@ class BestEpochSearch(OptunaSearch):
         except Exception as e:
             if not disk_full(e):
                 raise
-            stop_for(no_space(self._storage_path()))  # no new trial; the sweep stops, resumable
+            stop_for(Fault.full_disk(self._storage_path()))  # no new trial; the sweep stops, resumable
             return None
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("sweep.trial_id", trial_id)
@@ -65,7 +65,7 @@ class BestEpochSearch(OptunaSearch):
         except Exception as e:
             if not disk_full(e):
                 raise
-            stop_for(no_space(self._storage_path()))  # the study learns it on --resume (the records are the truth)
+            stop_for(Fault.full_disk(self._storage_path()))  # the study learns it on --resume (the records say)
 
     def _storage_path(self) -> str:
         """Where the study is kept, for a message: its SQLite file's folder, or its database."""

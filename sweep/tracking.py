@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from sweep.errors import disk_full, no_space
+from sweep.errors import Fault, disk_full
 from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.runner import NODE_TAG, flat_config
@@ -184,9 +184,9 @@ class MlflowCallback(Callback):
         epochs = int((trial.last_result or {}).get("epoch", 0))
         line = error_line(trial)
         if disk_full(RuntimeError(line)):  # every trial writing there would fail the same way: stop, resumable
-            stop_for(no_space(self.journal_path.parent))
-        elif gone(line):  # the object store holding the checkpoints stopped answering: the same for every trial
-            stop_for(str(gone(line)))
+            stop_for(Fault.full_disk(self.journal_path.parent))
+        elif down := gone(line):  # the object store holding the checkpoints stopped answering: so for every trial
+            stop_for(Fault.store_gone(down))
         tags = {STATE_TAG: "errored", "sweep.error": line[:4000], "sweep.epochs_run": str(epochs)}
         self._submit(trials, trial, "end", status="FAILED", tags=tags)
 
@@ -207,7 +207,8 @@ class MlflowCallback(Callback):
         if FAULT:  # the store shares the full disk: what it could not take is said with the fault, not here
             self.journal.drain(min(self.drain_s, 2.0))
             if self.journal.unkept:  # said with the fault, in its one line
-                FAULT[0] = f"{FAULT[0]}; {len(self.journal.pending)} tracking records could not be written"
+                lost = f"{len(self.journal.pending)} tracking records could not be written"
+                FAULT[0] = FAULT[0]._replace(reason=f"{FAULT[0].reason}; {lost}")
         elif not self.journal.drain(self.drain_s):
             print(
                 f"tracking: store still unreachable; {len(self.journal.pending)} records kept in "
