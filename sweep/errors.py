@@ -46,6 +46,18 @@ def disk_full(error: BaseException | None) -> bool:
     return False
 
 
+def out_of_space(folder: os.PathLike | str, margin: int = 1 << 20) -> bool:
+    """Whether the disk of ``folder`` has less than ``margin`` bytes left: what explains an error that does not say
+    why (Ray reading back the empty error file of a trial that failed on the full disk)."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < margin
+    except OSError:
+        return False
+
+
 class Fault(NamedTuple):
     """Why a sweep stopped itself before its end (:func:`sweep.interrupts.stop_for`), and what lets ``--resume``
     go on."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def repair(place: storage.Storage) -> list[str]:
     from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
 
     filesystem, root = _filesystem(place)
+    if place.filesystem() is None:
+        _put_back_whole(Path(root))
     states = [
         f.path
         for f in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -41,11 +44,7 @@ def repair(place: storage.Storage) -> list[str]:
         return []
     latest = max(states)
     with filesystem.open_input_stream(latest) as f:
-        text = f.read()
-    try:
-        state = _loads_with_cloudpickle(text)
-    except ValueError:  # Ray rewrites the file in place: a write cut short (a full disk) leaves half of it
-        state = _loads_with_cloudpickle(_whole_copy(filesystem, latest))
+        state = _loads_with_cloudpickle(f.read())
     changed = []
     for entry in state.get("trial_data", []):
         trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
@@ -64,32 +63,48 @@ def repair(place: storage.Storage) -> list[str]:
     return changed
 
 
-def _whole_copy(filesystem: Any, latest: str) -> bytes:
-    """The last whole copy of the state (:class:`StateBackup`'s), put back in place of the one cut short."""
-    from pyarrow import fs as pafs
-
-    good = latest + GOOD
-    if filesystem.get_file_info(good).type == pafs.FileType.NotFound:
+def _put_back_whole(tune_dir: Path) -> None:
+    """Where a file of Ray Tune's saved state is cut short (Ray rewrites them in place: a full disk stopped a write),
+    the last whole copies of the set (:class:`StateBackup`'s) take the place of all of them."""
+    latest = [max(tune_dir.glob(pattern), default=None) for pattern in STATE_FILES]
+    broken = [f for f in latest if f is not None and _whole(f) is None]
+    if not broken:
+        return
+    copies = [f.with_name(f.name + GOOD) for f in latest if f is not None]
+    if not all(c.is_file() for c in copies):
         raise SweepError(
-            f"--resume: Ray Tune's saved state {latest} is cut short (written to a full disk?) and no whole copy of it "
-            "was kept; this sweep cannot be resumed: run it again under another name"
+            f"--resume: Ray Tune's saved state {broken[0]} is cut short (written to a full disk?) and no whole copy of "
+            "it was kept; this sweep cannot be resumed: run it again under another name"
         )
-    with filesystem.open_input_stream(good) as f:
-        text = f.read()
-    with filesystem.open_output_stream(latest + ".tmp") as f:
-        f.write(text)
-    filesystem.move(latest + ".tmp", latest)
-    print(f"--resume: Ray Tune's saved state was cut short; resuming from its last whole copy ({good})", flush=True)
-    return bytes(text)
+    for copy in copies:
+        tmp = copy.with_suffix(".tmp")
+        tmp.write_bytes(copy.read_bytes())
+        os.replace(tmp, copy.with_name(copy.name.removesuffix(GOOD)))
+    print(f"--resume: Ray Tune's saved state was cut short; resuming from its last whole copy ({copies[0]})")
 
 
 GOOD = ".whole"
 """The suffix of the last whole copy of Ray Tune's experiment state, kept beside it."""
 
 
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+"""What Ray Tune rewrites in place at each save of a sweep's state: the trials, the search's generator, the searcher."""
+
+
+def _whole(path: Path) -> bytes | None:
+    """The file's bytes when it is whole (it parses), else None (being written, or cut short)."""
+    try:
+        data = path.read_bytes()
+        # Ray writes some of them as pickles whatever their name says (search_gen_state-*.json)
+        pickle.loads(data) if data.startswith(b"\x80") else json.loads(data)  # noqa: S301 (the sweep's own file)
+    except Exception:
+        return None
+    return data
+
+
 class StateBackup(Callback):
-    """A Ray Tune callback that keeps a copy of Ray Tune's experiment state each time the file is whole and new
-    (``experiment_state-*.json.whole``, written to a temporary name and renamed): Ray rewrites the file in place,
+    """A Ray Tune callback that keeps a copy of Ray Tune's saved state (:data:`STATE_FILES`, each ``….whole``,
+    written to a temporary name and renamed) each time the files are new and all whole: Ray rewrites them in place,
     so a write cut short by a full disk would otherwise leave a sweep no ``--resume`` can read."""
 
     def __init__(self, tune_dir: str) -> None:
@@ -100,23 +115,25 @@ class StateBackup(Callback):
         return {**self.__dict__, "_seen": {}}
 
     def backup(self) -> None:
-        for path in Path(self.tune_dir).glob("experiment_state-*.json"):
-            try:
-                changed = path.stat().st_mtime_ns
-                if self._seen.get(path.name) == changed:
-                    continue
-                text = path.read_bytes()
-                json.loads(text)
-            except (OSError, ValueError):  # being written or cut short: the older copy stays
-                continue
+        files = [max(Path(self.tune_dir).glob(pattern), default=None) for pattern in STATE_FILES]
+        try:
+            stamps = {str(f): f.stat().st_mtime_ns for f in files if f is not None}
+        except OSError:
+            return
+        if not stamps or stamps == self._seen:
+            return
+        whole = {f: _whole(f) for f in files if f is not None}
+        if any(data is None for data in whole.values()):  # the set as one: the older copies stay
+            return
+        for path, data in whole.items():
             tmp = path.with_name(path.name + GOOD + ".tmp")
             try:
-                tmp.write_bytes(text)
+                tmp.write_bytes(data or b"")
                 os.replace(tmp, path.with_name(path.name + GOOD))
             except OSError:
                 tmp.unlink(missing_ok=True)
-                continue
-            self._seen[path.name] = changed
+                return
+        self._seen = stamps
 
     def on_trial_result(self, *args: Any, **kwargs: Any) -> None:
         self.backup()

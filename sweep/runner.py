@@ -309,7 +309,7 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
             tune_config=_tune_config(spec, study_storage),
             run_config=run_config(spec, root, place, uri, exp_id, parent_id, tags, dataset),
         )
-    from sweep.errors import disk_full
+    from sweep.errors import disk_full, out_of_space
     from sweep.interrupts import FAULT, INTERRUPTED, kept
     from sweep.tracking import last_line
 
@@ -320,10 +320,11 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
             grid = tuner.fit()
     except Exception as e:  # Tune's own write or read of its state: a full disk, an object store gone
         down = storage.gone(str(e)) if spec.storage.uri else None
-        if not disk_full(e) and not down:
+        full = disk_full(e) or out_of_space(root)  # or a file the full disk left empty, read back
+        if not FAULT and not full and not down:
             raise
         # Tune ended the trials (and the tracking callback recorded them) before it failed: resumable
-        fault = Fault.full_disk(root) if disk_full(e) else Fault.store_gone(f"{place.url}: {down}")
+        fault = Fault.full_disk(root) if full else Fault.store_gone(f"{place.url}: {down}")
         fault = FAULT[0] if FAULT else fault
         return Outcome([], True, [], root / LOG_FILE, fault)
     if not INTERRUPTED.is_set():

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,7 +190,8 @@ def create_atomically(
             return
         for stale in path.parent.glob(f".{path.name}.*.creating"):  # left by a creator killed mid-way
             stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        # a name of its own for each attempt: an engine a failed attempt left behind in this process is not reused
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.creating")
         kept = cache_dir() / f"{template}.db" if template else None
         try:
             if kept is not None and _copied(kept, tmp):

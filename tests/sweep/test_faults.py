@@ -83,11 +83,15 @@ def test_resume_after_the_state_names_a_deleted_checkpoint(tmp_path: Path, cli, 
     [kept] = sorted(trial_dir.glob("checkpoint_*"))
     newer = kept.with_name(f"checkpoint_{int(kept.name.split('_')[1]) + 1:06d}")
     kept.rename(newer)  # the state names `kept`, which is gone; the folder holds a newer one
-    # and the state itself cut short (Ray rewrites it in place: a full disk): its last whole copy is used
-    [state] = (tmp_path / "results" / "scripted" / "tune").glob("experiment_state-*.json")
+    # and the state itself cut short (Ray rewrites its files in place: a full disk): the last whole copies are used.
+    # A searcher state cut short alone made Tune start the experiment over, and that run never ended.
+    tune_dir = tmp_path / "results" / "scripted" / "tune"
+    [state] = tune_dir.glob("experiment_state-*.json")
+    [searcher] = tune_dir.glob("searcher-state-*.pkl")
     whole = state.with_name(state.name + ".whole")
-    assert whole.read_bytes() == state.read_bytes()
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    for cut in (state, searcher):
+        assert cut.with_name(cut.name + ".whole").read_bytes() == cut.read_bytes()
+        cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     whole.rename(whole.with_suffix(".aside"))
     refused = cli("run", spec, "--resume", *sets("fixed.epochs=4", "fixed.fail_once_at=3"), cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "is cut short" in refused.stderr, refused
@@ -146,11 +150,14 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], check=True)  # lazy: this process may still hold a file open
 
 
-def fill(disk: Path) -> Path:
-    """Write zeros to ``disk`` until it is full."""
+def fill(disk: Path, most: int = 16 << 20) -> Path:
+    """Write zeros to the RAM disk ``disk`` until it is full (never more than ``most`` bytes, and nothing once it
+    is no longer mounted: a thread left running after the block must not fill the real disk under it)."""
     filler = disk / "filler"
+    if not os.path.ismount(disk):
+        return filler
     with contextlib.suppress(OSError), open(filler, "ab") as f:
-        while True:
+        for _ in range(most // 65536):
             f.write(b"\0" * 65536)
             f.flush()
     return filler
@@ -175,10 +182,12 @@ def test_a_full_disk_is_one_line_and_the_sweep_resumes_once_there_is_space(tmp_p
                 time.sleep(0.05)
             fill(disk)
 
-        filling = threading.Thread(target=fill_after_an_epoch)
+        filling = threading.Thread(target=fill_after_an_epoch, daemon=True)
         filling.start()
-        stopped = cli("run", spec, cwd=disk)
-        filling.join()
+        try:
+            stopped = cli("run", spec, cwd=disk)
+        finally:
+            filling.join()
         assert stopped.returncode == 1 and stopped.stderr.count("\n") == 1, stopped
         assert "no space left on the disk of" in stopped.stderr and "sweep run" in stopped.stderr, stopped
         assert "--resume" in stopped.stderr and "Traceback" not in stopped.stdout + stopped.stderr, stopped
