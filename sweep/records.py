@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweep.store import STATE_TAG, STOP_REASON
+from trainers.direction import Direction, better
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Run
@@ -84,14 +85,12 @@ def best_text(metric: str, value: float | None, epoch: int | None) -> str:
 
 
 def improved(value: float, best: float | None, mode: str) -> bool:
-    if not math.isfinite(value):
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
+    return better(value, best, mode)
 
 
 def pareto(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
     """Which points no other point dominates (at least as good in every objective, better in one)."""
-    signs = [1.0 if m == "max" else -1.0 for m in modes]
+    signs = [Direction.of(m).sign for m in modes]
     scaled = [[s * v for s, v in zip(signs, p, strict=True)] for p in points]
     usable = [all(math.isfinite(v) for v in p) for p in scaled]
 

@@ -14,6 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweep.errors import Fault, disk_full
 from sweep.interrupts import stop_for
+from trainers.direction import better
 
 
 class BestEpochSearch(OptunaSearch):
@@ -86,8 +87,5 @@ class BestEpochSearch(OptunaSearch):
     def _track(self, trial_id: str, result: dict[str, Any]) -> None:
         (metric, mode), *_ = self._objectives()
         value = result.get(metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return
-        held = self._bests().get(trial_id, {}).get(metric)
-        if held is None or (value < held if mode == "min" else value > held):
+        if better(value, self._bests().get(trial_id, {}).get(metric), mode):
             self._bests()[trial_id] = {m: result[m] for m, _ in self._objectives() if m in result}

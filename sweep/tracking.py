@@ -25,6 +25,7 @@ from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.runner import NODE_TAG, flat_config
 from sweep.storage import best_files, gone
 from sweep.store import STATE_TAG, STOP_REASON, client
+from trainers.direction import better
 
 if TYPE_CHECKING:
     from ray.tune import Checkpoint
@@ -141,11 +142,9 @@ class MlflowCallback(Callback):
         if facts:
             self._submit(trials, trial, "tags", tags=facts)
         value = result.get(self.metric)
-        if isinstance(value, (int, float)):
-            best = self._best.get(trial.trial_id)
-            if best is None or (value > best if self.mode == "max" else value < best):
-                self._best[trial.trial_id] = float(value)
-                self._improved.add(trial.trial_id)
+        if better(value, self._best.get(trial.trial_id), self.mode):
+            self._best[trial.trial_id] = float(value)  # type: ignore[arg-type]  # better() took only a number
+            self._improved.add(trial.trial_id)
 
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainers.base import Diverged, InputError, Reporter, Scalar, TrialParams, TrialResult, link_or_copy
+from trainers.direction import better
 
 if TYPE_CHECKING:  # torch is imported where it is used: a trainer without a network (tests) never pays for it
     import torch
@@ -87,9 +88,7 @@ class Best:
             have = ", ".join(sorted(k for k in metrics if k != "epoch"))
             raise InputError(f"metric: the trainer reports no '{self.metric}' (it reports {have})")
         value = float(metrics[self.metric])
-        if not math.isfinite(value):
-            return False
-        if self.value is None or (value < self.value if self.mode == "min" else value > self.value):
+        if better(value, self.value, self.mode):
             self.value, self.epoch = value, int(metrics["epoch"])
             return True
         return False
