@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sweep.errors import SweepError, disk_full, no_space
+from sweep.formats import FORMATS
 from trainers.base import UserError
 
 TRIALS_ERRORED, USER_ERROR, INTERRUPTED = 1, 2, 130
@@ -145,14 +146,14 @@ def _export(args: argparse.Namespace) -> int:
     tables = [load_table(n, locate_uri(n, results, args.tracking_uri), args.experiment, keys) for n in args.names]
     if len(tables) == 1 and not args.group_by:
         text = render(tables[0], args.format, args.top)
-        default = results / args.names[0] / f"best_params.{_suffix(args.format)}"
+        default = results / args.names[0] / f"best_params.{FORMATS[args.format]}"
     else:
         by = f" per {args.group_by}" if args.group_by else ""
         metrics = ", ".join(sorted({f"{t.metric} {t.mode}" for t in tables}))
         caption = f"Best trials{by} of {', '.join(args.names)} ({metrics})"
         text = render(compare(tables, args.group_by, args.top), args.format, caption=caption)
         stem = "_".join(args.names) + (f"_by_{args.group_by}" if args.group_by else "")
-        default = results / f"best_params_{stem}.{_suffix(args.format)}"
+        default = results / f"best_params_{stem}.{FORMATS[args.format]}"
     out = Path(args.output) if args.output else default
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,10 +165,6 @@ def _export(args: argparse.Namespace) -> int:
     print(text)
     print(f"written to {out}", file=sys.stderr)
     return 0
-
-
-def _suffix(fmt: str) -> str:
-    return {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}[fmt]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -377,8 +374,18 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sweep")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweep", description="Hyperparameter sweeps for transfer learning in vision.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def spec_cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -433,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("names", nargs="+", metavar="NAME", help="sweeps (several: their best trials in one table)")
     export.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's, or ./mlruns.db)")
     export.add_argument("--experiment", help="MLflow experiment (default: the sweep's name)")
-    export.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    export.add_argument("--format", choices=FORMATS, default="md", help="csv and json are for scripts (default: md)")
     export.add_argument("--group-by", metavar="KEY", help="a parameter or tag: the best trial of each value")
     export.add_argument("--top", type=_at_least_one, help="only the best K trials (of each sweep and group)")
     export.add_argument("-o", "--output", help="file to write (default: results/NAME/best_params.EXT)")

@@ -14,8 +14,9 @@ import pandas as pd
 
 from sweep import records, store
 from sweep.errors import SweepError
+from sweep.formats import FORMATS
 
-FORMATS = ("md", "csv", "latex", "html")
+DASH = "–"  # a value a trial does not have (a conditional parameter, an unevaluated score), for a reader
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,16 @@ def load_table(
         rows.append(row)
     for key in () if optional else keys:
         if not any(row.get(key) is not None for row in rows):
-            have = sorted({*searched, *(k for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)[:1]
-                                         for k in r.data.params)})
+            have = sorted(
+                {
+                    *searched,
+                    *(
+                        k
+                        for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)[:1]
+                        for k in r.data.params
+                    ),
+                }
+            )
             raise SweepError(
                 f"--group-by {key}: no trial of '{name}' has a parameter or tag '{key}'; its parameters: "
                 f"{', '.join(have)}"
@@ -184,24 +193,95 @@ def _number(text: str) -> float | int | str:
     return text
 
 
+def readable(value: object, missing: str = DASH) -> str:
+    """One table cell for a reader, the same in every format: an integer (or a float with an integer value) as
+    an integer, other numbers to 4 significant digits, in scientific notation below 1e-3 (``8.7e-06``) and at
+    1e16 or more, ``missing`` where there is no value (None, NaN); anything else as its text."""
+    if _missing(value):
+        return missing
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if not isinstance(value, float | np.floating):
+        return str(value)
+    x = float(value)
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if abs(float(f"{x:.3e}")) < 1e-3:  # as it rounds: 0.00099996 is 0.001
+        mantissa, exponent = f"{x:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+    if abs(x) >= 1e16:
+        return f"{x:.4g}"
+    if x.is_integer() or abs(x) >= 1e4:  # 12346 s, not 1.235e+04
+        return f"{x:.0f}"
+    return f"{x:.4g}"
+
+
+def _missing(value: object) -> bool:
+    """None, NaN, pd.NA or NaT: a value a trial does not have."""
+    if isinstance(value, float | np.floating):
+        return bool(np.isnan(value))
+    return value is None or value is pd.NA or value is pd.NaT
+
+
+def _numeric(column: pd.Series) -> bool:
+    """Whether every value a column has is a number (its cells right-aligned)."""
+    values = column.dropna()
+    return len(values) > 0 and all(
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_) for v in values
+    )
+
+
+def _shown(frame: pd.DataFrame, missing: str = DASH) -> pd.DataFrame:
+    return frame.astype(object).map(lambda v: readable(v, missing))
+
+
+def _json_value(value: object) -> object:
+    """A cell as JSON: numbers unrounded, null where there is no value (or none JSON can hold: NaN, inf)."""
+    if _missing(value):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value if isinstance(value, str) else str(value)
+
+
 def render(table: SweepTable | pd.DataFrame, fmt: str, top: int | None = None, caption: str = "") -> str:
-    """A table as Markdown, CSV, LaTeX or HTML."""
+    """A table as Markdown, CSV, LaTeX, HTML or JSON. Markdown, LaTeX and HTML are for a reader: every number
+    through :func:`readable`, a dash where a trial has no value. CSV and JSON are for scripts: numbers at full
+    precision, a missing value an empty cell (CSV) or null (JSON, a list of one object per row)."""
     if isinstance(table, SweepTable):
         caption = caption or f"Best parameters of sweep {table.name} ({table.metric}, {table.mode})"
         frame = table.frame.head(top) if top else table.frame
     else:
         frame = table
+    numeric = [_numeric(frame[c]) for c in frame.columns]
     if fmt == "md":
-        # A conditional parameter a trial did not have is blank, not "nan".
-        shown = frame.astype(object).where(frame.notna(), None)
-        return str(shown.to_markdown(index=False, floatfmt=".4g", missingval="–"))
+        align = ["right" if n else "left" for n in numeric]
+        return str(_shown(frame).to_markdown(index=False, disable_numparse=True, colalign=align))
     if fmt == "csv":
         return str(frame.to_csv(index=False))
     if fmt == "latex":
-        return str(frame.to_latex(index=False, float_format="%.4g", caption=caption.replace("_", r"\_"), escape=True))
+        return str(
+            _shown(frame, missing="--").to_latex(  # -- is LaTeX's en dash
+                index=False,
+                column_format="".join("r" if n else "l" for n in numeric),
+                caption=caption.replace("_", r"\_"),
+                escape=True,
+            )
+        )
     if fmt == "html":
-        styled = frame.style.format(precision=4, na_rep="–").hide(axis="index")
+        styled = frame.style.format(readable, escape="html").hide(axis="index")  # a trial's text is text
         return str((styled.set_caption(caption) if caption else styled).to_html())
+    if fmt == "json":
+        rows = [{str(k): _json_value(v) for k, v in row.items()} for row in frame.astype(object).to_dict("records")]
+        return json.dumps(rows, indent=2, ensure_ascii=False, allow_nan=False)
     raise SweepError(f"--format: unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
 
 

@@ -1,6 +1,8 @@
 """The report's tables: numbers equal to what MLflow holds, read in bulk; several sweeps side by side, the best
-trial per group, a min-mode metric, ties."""
+trial per group, a min-mode metric, ties; every format's numbers, for a reader or for a script."""
 
+import io
+import json
 import math
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pandas as pd
 import pytest
 
 from sweep import store
-from sweep.export import compare, load_table, ranked, render
+from sweep.export import FORMATS, SweepTable, compare, load_table, ranked, readable, render
 from sweep.runner import run_sweep
 from sweep.spec import parse_spec
 from tests.conftest import SCRIPTED
@@ -111,3 +113,86 @@ def test_what_export_and_report_refuse(loss_sweep, tmp_path: Path, cli) -> None:
     done = cli("report", spec.name, "-o", blocker / "report", "--results", results, cwd=base)
     assert done.returncode == 2 and "-o: cannot write the report folder" in done.stderr, done
     assert done.stderr.count("\n") == 1
+
+
+def adamw_and_sgd() -> SweepTable:
+    """Two trials as load_table builds them: momentum is SGD's parameter (None for the AdamW trial, as
+    load_table leaves a parameter a trial does not have), one trial without a test score (NaN)."""
+    frame = pd.DataFrame(
+        {
+            "trial": ["t_1", "t_2"],
+            "run": ["t01", "t02"],
+            "optimizer": ["adamw", "sgd"],
+            "lr": [0.003, 0.1],
+            "momentum": [None, 0.9],
+            "weight_decay": [1e-05, 8.7e-06],
+            "val_top1": [0.91234, 0.8],
+            "test_top1": [0.9, math.nan],
+            "epochs": [3, 2],
+            "wall_s": [11.8, 12.0],
+            "state": ["completed", "stopped_early"],
+        }
+    )
+    searched = ["optimizer", "lr", "momentum", "weight_decay"]
+    return SweepTable("digits", "val_top1", "max", searched, "parent", ranked(frame, "val_top1", "max"))
+
+
+@pytest.mark.parametrize("fmt", ["md", "latex", "html"])
+def test_a_reader_sees_small_values_significant_digits_and_a_dash_not_nan(fmt: str) -> None:
+    text = render(adamw_and_sgd(), fmt)
+    assert "1e-05" in text and "8.7e-06" in text  # not 0.0000
+    assert "11.8" in text and "11.8000" not in text and "0.9123" in text and "0.91234" not in text
+    assert "nan" not in text.lower() and "None" not in text
+    dash = "--" if fmt == "latex" else "–"  # -- is LaTeX's en dash
+    assert text.count(dash) >= 2  # momentum of the AdamW trial, test score of the SGD trial
+    if fmt == "html":
+        assert ">12</td>" in text and ">3</td>" in text  # a whole wall time, the epochs: integers
+    else:  # one line per trial
+        sgd = next(line for line in text.splitlines() if "t02" in line)
+        assert " 12 " in sgd and "12.0" not in sgd and " 2 " in sgd
+
+
+def test_one_formatter_for_every_readable_cell() -> None:
+    cases = [
+        (8.7e-06, "8.7e-06"),
+        (1e-05, "1e-05"),
+        (-2.5e-07, "-2.5e-07"),
+        (0.0001234, "1.234e-04"),
+        (0.00099996, "0.001"),  # as it rounds
+        (0.001, "0.001"),
+        (0.0123456, "0.01235"),
+        (11.8, "11.8"),
+        (12.0, "12"),
+        (3, "3"),
+        (12345.6, "12346"),
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1e20, "1e+20"),
+        (math.inf, "inf"),
+        (math.nan, "–"),
+        (None, "–"),
+        ("adamw", "adamw"),
+        (True, "True"),
+    ]
+    assert [readable(value) for value, _ in cases] == [shown for _, shown in cases]
+    assert readable(math.nan, missing="") == ""
+
+
+def test_json_is_one_document_of_rows_unrounded_with_null_for_missing() -> None:
+    table = adamw_and_sgd()
+    rows = json.loads(render(table, "json"))
+    assert "json" in FORMATS and isinstance(rows, list) and len(rows) == 2
+    assert [list(r) for r in rows] == [list(table.frame.columns)] * 2
+    adamw, sgd = rows
+    assert adamw["momentum"] is None and sgd["test_top1"] is None
+    assert adamw["weight_decay"] == 1e-05 and sgd["weight_decay"] == 8.7e-06 and adamw["val_top1"] == 0.91234
+    assert adamw["epochs"] == 3 and isinstance(adamw["epochs"], int) and adamw["rank"] == 1
+    assert adamw["wall_s"] == 11.8 and adamw["optimizer"] == "adamw"
+    assert json.loads(render(table, "json", top=1)) == [adamw]
+
+
+def test_csv_is_for_machines_full_precision_and_empty_where_missing() -> None:
+    text = render(adamw_and_sgd(), "csv")
+    assert "0.91234" in text and "8.7e-06" in text and "–" not in text and "nan" not in text.lower()
+    back = pd.read_csv(io.StringIO(text))
+    assert back["momentum"].isna().tolist() == [True, False] and back["test_top1"].isna().tolist() == [False, True]
