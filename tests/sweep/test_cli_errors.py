@@ -159,7 +159,9 @@ def test_a_trial_given_a_gpu_it_cannot_use_fails_with_its_node() -> None:
     assert gpu_problem(["0", "1"], node, cuda=True) is None
 
 
-def test_every_help_text_renders(capsys) -> None:
+def test_every_help_text_renders_and_the_version_is_the_installed_one(capsys) -> None:
+    from importlib.metadata import version
+
     from sweep.cli import build_parser
 
     commands = list(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
@@ -168,4 +170,11 @@ def test_every_help_text_renders(capsys) -> None:
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0, argv
-        assert "usage: sweep" in capsys.readouterr().out
+        out, err = capsys.readouterr()
+        assert out.startswith(f"usage: sweep {argv[0] if len(argv) > 1 else ''}") and not err, argv
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "{md,latex,html,csv,json}" in capsys.readouterr().out  # the choices are the format registry's
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"sweep {version('sweep')}\n"
