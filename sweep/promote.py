@@ -27,6 +27,15 @@ class Promoted:
     alias: str
     model_uri: str
     trial_id: str
+    tracking_uri: str
+
+    @property
+    def snippet(self) -> str:
+        """Python that loads the model in a fresh shell: the sweep's store first, then the alias."""
+        return (
+            f'import mlflow; mlflow.set_tracking_uri("{store.redact(self.tracking_uri)}"); '
+            f'model = mlflow.pytorch.load_model("models:/{self.name}@{self.alias}")'
+        )
 
 
 def promote(
@@ -53,7 +62,7 @@ def promote(
                 model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
             )
     best.client.set_registered_model_alias(version.name, alias, version.version)
-    return Promoted(version.name, str(version.version), alias, model_uri, best.trial_id)
+    return Promoted(version.name, str(version.version), alias, model_uri, best.trial_id, uri)
 
 
 def _check_names(registered: str, alias: str) -> None:
@@ -92,18 +101,18 @@ def _log_model(best: Any, uri: str, served: Any) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
         model, meta, example = served(weights)
-    # A classifier (fixed image size) is exported as a program (torch.export: no pickle to load); a detector's
-    # data-dependent control flow cannot be exported, so it is pickled, as MLflow does by default.
-    fixed = "image_size" in meta
-    shape = (-1, *example.shape[1:]) if fixed else (-1, example.shape[1], -1, -1)
-    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, shape)]))
-    with store.fluent(uri), mlflow.start_run(run_id=best.run_id):
+    # A classifier is exported as a program (torch.export: no pickle to load) that takes any image size; a
+    # detector's data-dependent control flow cannot be exported, so it is pickled, as MLflow does by default.
+    exported = "image_size" in meta
+    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, example.shape[1], -1, -1))]))
+    with store.fluent(uri):  # to the run by its id, not reopened: its end time and wall time stay the trial's
         info = mlflow.pytorch.log_model(
             model,
             name="model",
+            run_id=best.run_id,
             signature=signature,
-            input_example=example if fixed else None,
-            serialization_format="pt2" if fixed else "pickle",
+            input_example=example if exported else None,
+            serialization_format="pt2" if exported else "pickle",
             metadata=meta,
             code_paths=[str(Path(trainers.__file__).parent)],
             pip_requirements=[

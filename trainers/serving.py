@@ -11,25 +11,35 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from trainers.classifier.loader import MEAN, STD
 
 
 class ImageClassifier(nn.Module):
-    """RGB images ``[N, 3, S, S]`` with values 0–255 (uint8 or float) → class logits ``[N, C]``; the
-    normalisation the classifier trained with is inside."""
+    """RGB images ``[N, 3, H, W]`` of any size with values 0–255 (uint8 or float) → class logits ``[N, C]``.
+    The preprocessing the classifier trained with is inside: the centre square, resized to the training size
+    (as :func:`trainers.classifier.data.decode` resizes the shorter side and crops), then the normalisation."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, size: int) -> None:
         super().__init__()
         self.model = model
+        self.size = size
         self.register_buffer("mean", MEAN.reshape(1, 3, 1, 1).clone())
         self.register_buffer("std", STD.reshape(1, 3, 1, 1).clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255
+        h, w = images.shape[-2:]
+        side = torch.sym_min(h, w)  # not min(): that would fix, when exported, which side is the shorter
+        top, left = (h - side) // 2, (w - side) // 2
+        # index_select, not a slice: an exported slice would fix whether it covers the whole side
+        rows = torch.arange(side, device=images.device) + top
+        cols = torch.arange(side, device=images.device) + left
+        square = images.index_select(-2, rows).index_select(-1, cols).float()
+        x = F.interpolate(square, size=(self.size, self.size), mode="bilinear", antialias=True) / 255
         return self.model((x - self.mean) / self.std)  # type: ignore[no-any-return]
 
 
@@ -55,10 +65,11 @@ def classifier(weights: Path) -> tuple[nn.Module, dict[str, Any], np.ndarray]:
         "arch": blob["arch"],
         "classes": list(blob["classes"]),
         "image_size": size,
-        "input": "RGB 0-255, N x 3 x S x S",
+        "input": "RGB 0-255, N x 3 x H x W, any size: the centre square is resized to image_size",
     }
-    # two images: an exported program would fix a batch of one as a constant
-    return ImageClassifier(model).eval(), meta, np.zeros((2, 3, size, size), dtype=np.float32)
+    # two images, and sides unlike each other and the batch: an exported program would fix a dimension of 1 as
+    # a constant, and dimensions of equal size as equal
+    return ImageClassifier(model, size).eval(), meta, np.zeros((2, 3, size + 3, size + 5), dtype=np.float32)
 
 
 def detector(weights: Path) -> tuple[nn.Module, dict[str, Any], np.ndarray]:

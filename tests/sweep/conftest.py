@@ -33,7 +33,21 @@ def demo_sweep(tmp_path_factory, ray_session):
 
 
 @pytest.fixture(scope="session")
-def demo_evaluated(demo_sweep):
+def demo_times(demo_sweep):
+    """Every run of the demo sweep as it ended, before evaluate and promote write to them: run name → (status,
+    start, end), and the export's wall times."""
+    from sweep import store
+    from sweep.export import load_table
+
+    spec, _, uri, _ = demo_sweep
+    client = store.client(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    runs = {r.info.run_id: (r.info.status, r.info.start_time, r.info.end_time) for r in runs}
+    return runs, load_table(spec.name, uri).frame.set_index("trial")["wall_s"].to_dict()
+
+
+@pytest.fixture(scope="session")
+def demo_evaluated(demo_sweep, demo_times):
     """The demo sweep after `sweep evaluate`: the best trial's test scores (and its run's test metrics)."""
     from sweep.evaluate import evaluate_best
 

@@ -2,6 +2,7 @@
 sweep, the promoted model, the kept Optuna study and optuna-dashboard."""
 
 import json
+import os
 import re
 import signal
 import socket
@@ -135,6 +136,32 @@ def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, demo_promoted)
     version = store.client(uri).get_model_version_by_alias(spec.name, "champion")
     assert version.tags["sweep.spec_hash"] == spec.digest and float(version.tags["test_top1"]) > 0.5
     assert version.tags["data.n_train"] == "1149" and version.tags["weights.source"] == "none"
+
+
+def test_the_printed_snippet_loads_the_model_in_a_fresh_shell_for_any_image_size(demo_sweep, demo_promoted) -> None:
+    spec, _, _, base = demo_sweep
+    code, printed = demo_promoted
+    snippet = printed.split("load it with:\n", 1)[1].strip()
+    assert code == 0 and snippet.startswith("import mlflow; mlflow.set_tracking_uri(") and "\n" not in snippet
+    check = "import torch; print(tuple(model(torch.randint(0, 256, (3, 3, 40, 27)).float()).shape))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # a fresh shell's
+    done = subprocess.run(
+        [sys.executable, "-c", f"{snippet}; {check}"], cwd=base.parent, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(3, 10)"  # three images of another size: ten digits each
+
+
+def test_evaluate_and_promote_leave_every_run_s_times_as_the_sweep_ended_them(
+    demo_sweep, demo_times, demo_promoted
+) -> None:
+    spec, _, uri, _ = demo_sweep
+    before, wall = demo_times
+    client = store.client(uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    after = {r.info.run_id: (r.info.status, r.info.start_time, r.info.end_time) for r in runs}
+    assert {run: after[run] for run in before} == before  # a rerun's runs, which may have come since, aside
+    assert load_table(spec.name, uri).frame.set_index("trial")["wall_s"].to_dict() == wall
 
 
 def test_the_study_is_kept_and_optuna_dashboard_serves_it(demo_sweep) -> None:
