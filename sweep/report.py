@@ -38,13 +38,18 @@ def build(names: list[str], results: Path, out: Path, tracking_uri: str | None =
     """Write the report folder ``out``; return ``out/report.html``. Every sweep is found before anything is
     written."""
     uris = {name: locate_uri(name, results, tracking_uri) for name in names}
-    tables = [load_table(name, uris[name], keys=["weights"], optional=True) for name in names]
+    for name in names:
+        load_table(name, uris[name])
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".written").touch()
         (out / ".written").unlink()
     except OSError as e:
         raise SweepError(f"-o: cannot write the report folder {out}: {e.strerror or e}") from None
+    for name in names:  # `sweep evaluate` first where it has not run, so every table holds the test score
+        if sweep_spec(name, results).entry.evaluate is not None and not (results / name / "test").is_dir():
+            evaluate_best(name, results, uris[name])
+    tables = [load_table(name, uris[name], keys=["weights"], optional=True) for name in names]
     sections = []
     for name, table in zip(names, tables, strict=True):
         uri = uris[name]
@@ -163,12 +168,10 @@ def _study_figures(name: str, results: Path, table: SweepTable, prefix: Path) ->
 
 def _trainer_figures(name: str, spec: Any, results: Path, uri: str, prefix: Path) -> list[tuple[Path, str]]:
     """The best model on the test part: confusion matrix and t-SNE of a classifier; per-class AP and first-stage
-    proposals beside predictions of a detector. ``sweep evaluate`` runs first when it has not."""
+    proposals beside predictions of a detector, from what ``sweep evaluate`` wrote (:func:`build` runs it)."""
     if spec.entry.evaluate is None:
         return []
     test = results / name / "test"
-    if not test.is_dir():
-        evaluate_best(name, results, uri)
     if spec.trainer == "classifier":
         from trainers.classifier.report import features
 

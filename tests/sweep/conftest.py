@@ -47,8 +47,18 @@ def demo_times(demo_sweep):
 
 
 @pytest.fixture(scope="session")
-def demo_evaluated(demo_sweep, demo_times):
-    """The demo sweep after `sweep evaluate`: the best trial's test scores (and its run's test metrics)."""
+def demo_reported(demo_sweep, demo_times, tmp_path_factory):
+    """The demo sweep's first `sweep report` (which runs `evaluate` itself): its exit code and its folder."""
+    spec, _, uri, base = demo_sweep
+    out = tmp_path_factory.mktemp("report") / "report"
+    code, _ = in_process("report", spec.name, "-o", str(out), "--results", str(base / "results"), "--tracking-uri", uri)
+    return code, out
+
+
+@pytest.fixture(scope="session")
+def demo_evaluated(demo_sweep, demo_reported):
+    """The demo sweep after `sweep evaluate` (again, after the first report): the best trial's test scores (and its
+    run's test metrics)."""
     from sweep.evaluate import evaluate_best
 
     spec, _, uri, base = demo_sweep
