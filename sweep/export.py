@@ -29,6 +29,8 @@ class SweepTable:
     searched: list[str]
     parent_id: str
     frame: pd.DataFrame
+    planned: int = 0
+    """The trials the spec's budget asked for (0: not recorded)."""
 
 
 def locate_uri(name: str, results: Path, uri: str | None) -> str:
@@ -103,7 +105,8 @@ def load_table(
     if len(seeds):  # `sweep rerun` ran: each re-run configuration's mean ± 95% CI over its seeds
         frame = frame.join(seeds, on="trial")
         frame = frame[[c for c in frame.columns if c not in seeds.columns] + list(seeds.columns)]
-    return SweepTable(name, metric, mode, searched, parent.info.run_id, ranked(frame, metric, mode))
+    planned = int(tags.get("sweep.trials", "0") or 0)
+    return SweepTable(name, metric, mode, searched, parent.info.run_id, ranked(frame, metric, mode), planned)
 
 
 def ranked(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -149,16 +152,17 @@ def _row(mlflow: Any, run: Any, metrics: list[str], mode: str, searched: list[st
     data, tags, info = run.data.metrics, run.data.tags, run.info
     row = {"trial": tags.get("sweep.trial_id", info.run_id), "run": tags.get(records.TRIAL_TAG, "")}
     row |= {p: _number(run.data.params[p]) if p in run.data.params else None for p in searched}
-    epochs = tags.get("sweep.epochs_run")
+    epochs = tags.get("sweep.epochs_run")  # set when the trial ends
+    history = mlflow.get_metric_history(info.run_id, metrics[0]) if epochs is None else []  # a running trial's
     if f"best_{metrics[0]}" in data:
         row |= {m: data.get(f"best_{m}", math.nan) for m in metrics}
     else:  # nothing logged as best yet (a trial still in its first epoch, a run of an older version)
-        history = mlflow.get_metric_history(info.run_id, metrics[0])
+        history = history or mlflow.get_metric_history(info.run_id, metrics[0])
         usable = [m for m in history if math.isfinite(m.value)]
         pick = max if mode == "max" else min
         row |= {metrics[0]: pick(usable, key=lambda m: m.value).value if usable else math.nan}
         row |= {m: math.nan for m in metrics[1:]}
-        epochs = epochs or str(len(history))
+    epochs = epochs or str(max((m.step for m in history), default=0))  # the epochs its metric was logged for
     row[test] = data.get(test, math.nan)
     row["epochs"] = int(epochs or 0)
     row["wall_s"] = round((info.end_time - info.start_time) / 1000, 1) if info.end_time else math.nan
@@ -289,7 +293,7 @@ def summary(table: SweepTable) -> str:
     """Counts by state and the best trial, for ``sweep status``."""
     counts = table.frame["state"].value_counts().to_dict()
     lines = [
-        f"sweep {table.name}: {len(table.frame)} trials · "
+        f"sweep {table.name}: {len(table.frame)}{f' of {table.planned}' if table.planned else ''} trials · "
         + " · ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     ]
     scored = table.frame.dropna(subset=[table.metric])
@@ -298,7 +302,7 @@ def summary(table: SweepTable) -> str:
         params = ", ".join(
             f"{p}={_short(best[p])}" for p in table.searched if best[p] is not None and best[p] == best[p]
         )
-        lines.append(f"best {table.metric}={best[table.metric]:.4f} ({best['trial']}): {params}")
+        lines.append(f"best {table.metric}={best[table.metric]:.4f} ({best['run'] or best['trial']}): {params}")
     return "\n".join(lines)
 
 

@@ -277,7 +277,7 @@ def test_submit_runs_a_sweep_on_the_cluster_stop_ends_it_and_resume_finishes(clu
     follow = job_client(cluster, tmp_path, "logs", "job", *jobs, "--follow")  # the sweep's latest job
     assert follow.returncode == 0, follow
     assert "joined the Ray cluster at auto: 2 nodes" in follow.stdout, follow
-    assert "2 trials · 2 completed" in follow.stdout, follow
+    assert "2 of 2 trials · 2 completed" in follow.stdout, follow
     listed = job_client(cluster, tmp_path, "jobs", *jobs)
     assert f"{first} | job     | STOPPED" in listed.stdout and "SUCCEEDED" in listed.stdout, listed
     again = job_client(cluster, tmp_path, "stop", "job", *jobs)
@@ -329,7 +329,7 @@ def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Pa
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out[-4000:]
     assert f"joined the Ray cluster at 127.0.0.1:{cluster.port}: 2 nodes, 2 CPUs" in out
-    assert "2 trials · 2 completed" in out, out[-3000:]
+    assert "2 of 2 trials · 2 completed" in out, out[-3000:]
     assert PASSWORD not in out and AWS["AWS_SECRET_ACCESS_KEY"] not in out
 
     # the trials kept nothing in the driver's results/: their folders are on the nodes, their state in the store

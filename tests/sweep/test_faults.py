@@ -194,7 +194,7 @@ def test_a_full_disk_is_one_line_and_the_sweep_resumes_once_there_is_space(tmp_p
         filler.unlink()
 
         resumed = cli("run", spec, "--resume", cwd=disk)
-        assert resumed.returncode == 0 and "4 trials · 4 completed" in resumed.stdout, resumed
+        assert resumed.returncode == 0 and "4 of 4 trials · 4 completed" in resumed.stdout, resumed
         uri = store.resolve_uri(None, disk)
         mlflow = store.client(uri)
         runs = list(trials(uri, "scripted").values())
@@ -261,7 +261,7 @@ def test_the_object_store_gone_mid_sweep_is_one_line_and_the_sweep_resumes(
 
         gate.open()
         resumed = cli("run", spec, "--storage", "s3://sweeps/x", "--resume", cwd=tmp_path)
-        assert resumed.returncode == 0 and "2 trials · 2 completed" in resumed.stdout, resumed
+        assert resumed.returncode == 0 and "2 of 2 trials · 2 completed" in resumed.stdout, resumed
         runs = list(trials(uri, "scripted").values())
         assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
         for run in runs:
