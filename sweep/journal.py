@@ -40,6 +40,8 @@ def ended_for_good(run: Any) -> bool:
         and tags.get(STOP_REASON) != "time budget"
         and "sweep.epochs_run" in tags
     )
+
+
 _PERMANENT = {
     "INVALID_PARAMETER_VALUE",
     "RESOURCE_ALREADY_EXISTS",
@@ -132,22 +134,22 @@ class MlflowWriter:
             if ended_for_good(run) and self.role == TRIAL:
                 self.ended.add(trial_id)
             elif run.info.status != "RUNNING":
-                name = records.trial_name(number, config or {})
+                name = records.run_name(number, config or {})
                 self.client.set_tag(run_id, "mlflow.runName", name)
                 self.client.update_run(run_id, status="RUNNING")
         else:
             from mlflow.entities import Param
 
-            number = self.numbers[trial_id] = self._next_number()
+            number = self.numbers[trial_id] = number or self._next_number()  # Ray's creation order, as Optuna's
             tags = {
                 **self.tags,
                 "mlflow.parentRunId": self.parent_id,
                 "sweep.role": self.role,
                 "sweep.trial_id": trial_id,
-                records.TRIAL_TAG: records.trial_number(number),
+                records.TRIAL_TAG: (config or {}).get("rerun_of_run") or records.trial_number(number),
                 STATE_TAG: "running",
             }
-            name = records.trial_name(number, config or {})
+            name = records.run_name(number, config or {})
             run_id = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
             params = {**self.params, **(config or {})}
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -199,7 +201,7 @@ class MlflowWriter:
             state, epochs = tags[STATE_TAG], int(tags.get("sweep.epochs_run", 0))
             value, at = self.best.get(op["trial"], {}).get(self.metric, (None, None))
             number = self.numbers.get(op["trial"]) or int(op.get("number") or 0)
-            name = records.trial_name(number, op.get("config") or {})
+            name = records.run_name(number, op.get("config") or {})
             tags["mlflow.runName"] = records.ended_name(name, state, epochs, value)
             tags["mlflow.note.content"] = records.trial_note(
                 state, epochs, tags, records.best_text(self.metric, value, at)

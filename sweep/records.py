@@ -42,8 +42,34 @@ def short_value(value: Any) -> str:
     return str(value)
 
 
+RERUN, RERUN_KEYS = "rerun", ("rerun_seed", "rerun_of", "rerun_of_run")
+"""A re-run's parameters sit under the ``rerun`` key of its Ray config, with its seed and the trial it repeats
+(its Ray id, and its ``tNN``)."""
+
+
+def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's config as its parameters: a re-run's values lifted out of their ``rerun`` key."""
+    return dict(config[RERUN]) if RERUN in config else dict(config)
+
+
+def end_state(epochs: int, planned: int, diverged: bool) -> str:
+    """How a trial that ran to its end ended: ``diverged`` (its trainer stopped it), ``stopped_early`` (fewer
+    epochs than planned: the scheduler, or the trainer's own early stopping) or ``completed``."""
+    if diverged:
+        return "diverged"
+    return "completed" if epochs >= planned else "stopped_early"
+
+
 def trial_number(number: int) -> str:
     return f"t{number:02d}"
+
+
+def run_name(number: int, config: Mapping[str, Any]) -> str:
+    """A run's name in MLflow: a trial's :func:`trial_name`; a re-run's, the trial it repeats and its seed
+    (``t09 seed 2``), so that no two runs of the experiment share a name."""
+    if "rerun_of_run" in config and "rerun_seed" in config:
+        return f"{config['rerun_of_run']} seed {config['rerun_seed']}"
+    return trial_name(number, {k: v for k, v in config.items() if k not in RERUN_KEYS})
 
 
 def trial_name(number: int, config: Mapping[str, Any]) -> str:
@@ -56,6 +82,8 @@ def ended_name(name: str, state: str, epochs: int, best: float | None = None) ->
     """The run name once the trial ended, what matters first (the runs table cuts long names): number, best
     value, the state when other than completed, then the sampled values — ``t04 0.4236 stopped@1 · lr=…``."""
     number, _, values = name.partition(" ")
+    if values.startswith("seed "):  # a re-run's name, "t09 seed 2", is its head whole
+        number, values = name, ""
     suffix = {
         "stopped_early": f"stopped@{epochs}",
         "diverged": f"diverged@{epochs}",

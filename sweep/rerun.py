@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep import storage, store
+from sweep import records, storage, store
 from sweep.errors import SweepError
 from sweep.evaluate import sweep_spec
 from sweep.export import load_table, locate_uri, seeds_summary
@@ -51,6 +51,7 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
             **{p: _native(row[p]) for p in table.searched if _present(row[p])},
             "rerun_seed": spec.seed + i,
             "rerun_of": row["trial"],
+            "rerun_of_run": row["run"],
         }
         for _, row in picked.iterrows()
         for i in range(1, seeds + 1)
@@ -66,7 +67,7 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
     place = storage.resolve(spec.storage, root, spec.name)
     tuner = tune.Tuner(
         make_trainable(spec, place),
-        param_space={"rerun": tune.grid_search(configs)},
+        param_space={records.RERUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.budget.max_concurrent),
         run_config=run_config(
             spec,

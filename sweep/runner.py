@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sweep import lock, records, storage, store, study
 from sweep.errors import Fault, SweepError
 from sweep.journal import ended_for_good
+from sweep.records import RERUN_KEYS, flat_config
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
 from sweep.spec import Spec
@@ -38,14 +39,8 @@ RAY_ENV = {
 LOG_FILE = "ray.log"
 NODE_TAG = "sweep.node_id"
 """The Ray node a trial runs on (its run's tag)."""
-RERUN, RERUN_KEYS = "rerun", ("rerun_seed", "rerun_of")
 """A re-run trial's config (``sweep rerun``) is ``{"rerun": {...sampled values, rerun_seed, rerun_of}}``: its
 seed and the trial whose configuration it repeats ride along with the values."""
-
-
-def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial's config as its parameters: a re-run's values lifted out of their ``rerun`` key."""
-    return dict(config[RERUN]) if RERUN in config else dict(config)
 
 
 def _quiet() -> None:
@@ -617,6 +612,7 @@ def _tune_config(spec: Spec, storage: Any) -> Any:
     searcher = BestEpochSearch(
         space=DefineByRun(spec.search),
         sampler=build_sampler(spec),
+        max_epochs=spec.max_epochs,
         metric=spec.metric.names if multi else spec.metric.primary,
         mode=spec.metric.modes if multi else spec.metric.modes[0],
         study_name=spec.name,

@@ -12,14 +12,26 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from sweep import records
 from sweep.errors import Fault, disk_full
 from sweep.interrupts import stop_for
 from trainers.direction import better
 
+TRIAL_ATTR, STATE_ATTR = "sweep.trial", "sweep.state"
+
 
 class BestEpochSearch(OptunaSearch):
-    """OptunaSearch whose trials are told the objectives at their best epoch by the primary metric; each
-    Optuna trial carries its Ray trial id (user attribute ``sweep.trial_id``)."""
+    """OptunaSearch whose trials are told the objectives at their best epoch by the primary metric.
+
+    Each Optuna trial carries the sweep's name for it (user attribute ``sweep.trial``: ``tNN``, its number in
+    launch order, as in MLflow and the progress lines), its Ray trial id (``sweep.trial_id``) and how it ended
+    (``sweep.state``: completed, stopped_early, diverged). A trial the scheduler stopped early stays COMPLETE,
+    told its best epoch: Optuna's importance evaluators and plots read COMPLETE trials only, and a stopped trial's
+    best epoch is a real result of its configuration. The study's objectives are named after the metrics."""
+
+    def __init__(self, *args: Any, max_epochs: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         try:
@@ -30,7 +42,11 @@ class BestEpochSearch(OptunaSearch):
             stop_for(Fault.full_disk(self._storage_path()))  # no new trial; the sweep stops, resumable
             return None
         if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("sweep.trial_id", trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("sweep.trial_id", trial_id)
+            ot_trial.set_user_attr(TRIAL_ATTR, records.trial_number(ot_trial.number + 1))
+            if self._ot_study is not None and self._ot_study.metric_names is None:
+                self._ot_study.set_metric_names([m for m, _ in self._objectives()])
         return config  # type: ignore[no-any-return]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -61,6 +77,10 @@ class BestEpochSearch(OptunaSearch):
         diverged = isinstance(last, float) and math.isnan(last)
         if result is not None and best and not diverged:
             result = {**result, **best}
+        if result is not None and not error and trial_id in self._ot_trials:
+            planned = int(records.flat_config(result.get("config") or {}).get("epochs", self.max_epochs))
+            state = records.end_state(int(result.get("epoch", 0)), planned, diverged)
+            self._ot_trials[trial_id].set_user_attr(STATE_ATTR, state)
         try:
             super().on_trial_complete(trial_id, result, error)
         except Exception as e:

@@ -22,7 +22,8 @@ from ray.tune import Callback
 from sweep.errors import Fault, disk_full
 from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
-from sweep.runner import NODE_TAG, flat_config
+from sweep.records import end_state, flat_config
+from sweep.runner import NODE_TAG
 from sweep.storage import best_files, gone
 from sweep.store import STATE_TAG, STOP_REASON, client
 from trainers.direction import better
@@ -171,10 +172,7 @@ class MlflowCallback(Callback):
         self._open.discard(trial.trial_id)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         planned = int(flat_config(trial.config).get("epochs", self.max_epochs))
-        # Fewer epochs than planned: stopped by the scheduler (or the trainer's own early stopping).
-        state = "completed" if epochs >= planned else "stopped_early"
-        if (trial.last_result or {}).get(f"info/{STOP_REASON}"):
-            state = "diverged"
+        state = end_state(epochs, planned, diverged=bool((trial.last_result or {}).get(f"info/{STOP_REASON}")))
         tags = {STATE_TAG: state, "sweep.epochs_run": str(epochs), "sweep.epochs_planned": str(planned)}
         self._submit(trials, trial, "end", status="FINISHED", tags=tags)
 

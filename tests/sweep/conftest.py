@@ -1,3 +1,7 @@
+import contextlib
+import io
+import sys
+
 import pytest
 import yaml
 
@@ -28,7 +32,11 @@ def demo_sweep(tmp_path_factory, ray_session):
 
     base = tmp_path_factory.mktemp("e2e")
     spec = load_spec(ROOT / "search_spaces" / "demo.yaml", QUICK)
-    grid = run_sweep(spec, results=base / "results", base=base).grid
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # the progress lines, kept for the tests in base/progress.txt
+        grid = run_sweep(spec, results=base / "results", base=base).grid
+    (base / "progress.txt").write_text(printed.getvalue())
+    sys.stdout.write(printed.getvalue())
     return spec, grid, store.resolve_uri(None, base), base
 
 
@@ -74,9 +82,6 @@ def demo_promoted(demo_evaluated, demo_sweep):
 
 def in_process(*argv: str) -> tuple[int, str]:
     """A ``sweep`` command run in this process for a session fixture (no capsys there): exit code and stdout."""
-    import contextlib
-    import io
-
     from sweep.cli import main
 
     out = io.StringIO()

@@ -138,6 +138,47 @@ def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, demo_promoted)
     assert version.tags["data.n_train"] == "1149" and version.tags["weights.source"] == "none"
 
 
+def test_every_surface_names_each_trial_by_the_same_tnn(demo_sweep, cli) -> None:
+    """Progress lines, `status`, `export --format json`, MLflow's run names and the Optuna study: one tNN each."""
+    import optuna
+
+    spec, _, uri, base = demo_sweep
+    client = store.client(uri)
+    parent = store.parent_runs(client, client.get_experiment_by_name(spec.name).experiment_id, spec.name)[0]
+    runs = store.trial_runs(client, parent.info.experiment_id, parent.info.run_id)
+    by_number = {r.data.tags["sweep.trial"]: r for r in runs}
+    assert sorted(by_number) == [f"t{n:02d}" for n in range(1, spec.budget.trials + 1)]
+    assert all(r.info.run_name.split()[0] == number for number, r in by_number.items())
+    ray_ids = {number: r.data.tags["sweep.trial_id"] for number, r in by_number.items()}
+
+    progress = (base / "progress.txt").read_text()
+    started = dict(re.findall(r"started (t\d\d): (.*)", progress))
+    assert sorted(started) == sorted(by_number) and ray_ids["t01"] not in progress
+    for number, config in started.items():  # the configuration each progress line names is that run's
+        params = by_number[number].data.params
+        for key, value in (pair.split("=", 1) for pair in config.split(", ")):
+            assert value == (f"{float(params[key]):.4g}" if "." in value or "e" in value else params[key]), key
+    table = load_table(spec.name, uri).frame
+    best = {row["run"]: row["val_top1"] for _, row in table.iterrows()}
+    for number, value in re.findall(r"finished (t\d\d) after \d+ epochs, best val_top1=([\d.]+)", progress):
+        assert value == f"{best[number]:.4f}", number  # the best epoch's value, as the table's
+    assert f"{spec.budget.trials}/{spec.budget.trials} done" in progress.splitlines()[-1]
+
+    at = ("--tracking-uri", uri, "--results", base / "results")
+    exported = json.loads(cli("export", spec.name, "--format", "json", "-o", base / "x.json", *at, cwd=base).stdout)
+    assert {row["run"]: row["trial"] for row in exported} == ray_ids
+    status = cli("status", spec.name, *at, cwd=base).stdout
+    assert f"{spec.budget.trials} of {spec.budget.trials} trials" in status
+    assert f"({table.iloc[0]['run']}): " in status
+
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{base / 'results' / spec.name / 'optuna.db'}")
+    assert {t.user_attrs["sweep.trial"]: t.user_attrs["sweep.trial_id"] for t in study.trials} == ray_ids
+    assert study.metric_names == ["val_top1"]
+    states = {t.user_attrs["sweep.trial"]: t.user_attrs["sweep.state"] for t in study.trials}
+    assert states == {number: r.data.tags["sweep.state"] for number, r in by_number.items()}
+    assert "stopped_early" in states.values()  # ASHA stopped some: COMPLETE in the study, told so by the attribute
+
+
 def test_the_printed_snippet_loads_the_model_in_a_fresh_shell_for_any_image_size(demo_sweep, demo_promoted) -> None:
     spec, _, _, base = demo_sweep
     code, printed = demo_promoted

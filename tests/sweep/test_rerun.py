@@ -56,3 +56,7 @@ def test_rerun_gives_k_times_s_runs_and_their_intervals(reran) -> None:
         assert table.loc[trial, "val_top1_mean"] == pytest.approx(mean)
         assert table.loc[trial, "val_top1_ci95"] == pytest.approx(half, rel=1e-5) and table.loc[trial, "seeds"] == 2
     assert table["seeds"].isna().sum() == spec.budget.trials - 2
+    named = {" ".join(r.info.run_name.split()[:3]) for r in reruns}  # the trial it repeats and its seed
+    assert named == {f"{table.loc[t, 'run']} seed {s}" for t in top for s in ("1", "2")}
+    names = [r.info.run_name for r in mlflow.search_runs([exp])]
+    assert len(names) == len(set(names)), sorted(names)
