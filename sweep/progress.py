@@ -94,4 +94,4 @@ def name(trials: list[Trial], trial: Trial) -> str:
     config = flat_config(trial.config)
     if "rerun_of_run" in config:
         return records.run_name(0, config)
-    return records.trial_number(trials.index(trial) + 1) if trial in trials else trial.trial_id
+    return records.trial_number(records.number_of(trial.trial_id, trials.index(trial) + 1 if trial in trials else 0))

@@ -60,6 +60,17 @@ def end_state(epochs: int, planned: int, diverged: bool) -> str:
     return "completed" if epochs >= planned else "stopped_early"
 
 
+NUMBERS: dict[str, int] = {}
+"""Ray trial id → the number of its ``tNN`` (Optuna's trial number + 1), as this driver's searcher suggested it;
+read by the progress lines, the tracking callback and the trial folders' names. A trial restored by ``--resume`` is
+not in it: its run and folder have their names already."""
+
+
+def number_of(trial_id: str, fallback: int) -> int:
+    """The number of the trial's ``tNN``: the searcher's, else ``fallback`` (its place in Ray's list, 1-based)."""
+    return NUMBERS.get(trial_id) or fallback
+
+
 def trial_number(number: int) -> str:
     return f"t{number:02d}"
 

@@ -59,7 +59,13 @@ def _quiet() -> None:
 
 
 def trial_dirname(trial: Any) -> str:
-    return str(trial.trial_id)
+    """A trial's folder (its TensorBoard run, checkpoints, and its work folder under ``trials/``): its ``tNN``, a
+    re-run's ``t09-seed2``; Ray's id where neither is known."""
+    config = flat_config(trial.config)
+    if "rerun_of_run" in config:
+        return f"{config['rerun_of_run']}-seed{config.get('rerun_seed')}"
+    number = records.NUMBERS.get(trial.trial_id)
+    return records.trial_number(number) if number else str(trial.trial_id)
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         tune.report(dict(setup.finished[trial_id]))
         return
     trials_dir = setup.trials_dir or scratch() / setup.name / "trials"
-    work_dir = trials_dir / trial_id
+    work_dir = trials_dir / Path(tune.get_context().get_trial_dir()).name  # tNN, as the trial's Tune folder
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = None
     checkpoint = tune.get_checkpoint()

@@ -44,6 +44,7 @@ class BestEpochSearch(OptunaSearch):
         if trial_id in self._ot_trials:
             ot_trial = self._ot_trials[trial_id]
             ot_trial.set_user_attr("sweep.trial_id", trial_id)
+            records.NUMBERS[trial_id] = ot_trial.number + 1
             ot_trial.set_user_attr(TRIAL_ATTR, records.trial_number(ot_trial.number + 1))
             if self._ot_study is not None and self._ot_study.metric_names is None:
                 self._ot_study.set_metric_names([m for m, _ in self._objectives()])

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from sweep import records
 from sweep.errors import Fault, disk_full
 from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
@@ -119,7 +120,7 @@ class MlflowCallback(Callback):
         return self._journal
 
     def _submit(self, trials: list[Trial], trial: Trial, op: str, **fields: Any) -> None:
-        number = trials.index(trial) + 1 if trial in trials else 0  # Ray keeps trials in creation order
+        number = records.number_of(trial.trial_id, trials.index(trial) + 1 if trial in trials else 0)
         self.journal.submit(
             {"op": op, "trial": trial.trial_id, "number": number, "config": flat_config(trial.config), **fields}
         )

@@ -342,9 +342,9 @@ def test_two_nodes_object_store_and_a_killed_node(cluster: Cluster, tmp_path: Pa
     table = load_table(name, cluster.tracking_url)
     assert len(table.frame) == 2 and table.frame["val_top1"].notna().all()
     mlflow = store.client(cluster.tracking_url)
-    trials = {r.data.tags["sweep.trial_id"]: r for r in runs(cluster, name) if "sweep.trial_id" in r.data.tags}
+    trials = {r.data.tags["sweep.trial"]: r for r in runs(cluster, name) if "sweep.trial_id" in r.data.tags}
     assert len(trials) == 2
-    run = trials[moved]
+    run = trials[moved]  # its folders are named by its tNN
     assert run.data.tags["sweep.retries"] == "1" and int(run.data.tags["sweep.resumed_after_epoch"]) >= 1
     assert run.data.tags["sweep.nodes"] == f"{cluster.node_ids['node2']},{cluster.node_ids['head']}"  # both nodes
     assert {r.data.tags["sweep.node_id"] for r in trials.values()} == {cluster.node_ids["head"]}

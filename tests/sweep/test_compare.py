@@ -139,7 +139,8 @@ def test_promoted_model_predicts_what_evaluate_scored(demo_sweep, demo_promoted)
 
 
 def test_every_surface_names_each_trial_by_the_same_tnn(demo_sweep, cli) -> None:
-    """Progress lines, `status`, `export --format json`, MLflow's run names and the Optuna study: one tNN each."""
+    """Progress lines, `status`, `export --format json`, MLflow's run names, TensorBoard's folders and the Optuna
+    study: one tNN each."""
     import optuna
 
     spec, _, uri, base = demo_sweep
@@ -151,6 +152,8 @@ def test_every_surface_names_each_trial_by_the_same_tnn(demo_sweep, cli) -> None
     assert all(r.info.run_name.split()[0] == number for number, r in by_number.items())
     ray_ids = {number: r.data.tags["sweep.trial_id"] for number, r in by_number.items()}
 
+    tune = base / "results" / spec.name / "tune"  # what `sweep tensorboard` shows: a folder per trial, its tNN
+    assert {p.name for p in tune.iterdir() if list(p.glob("events.out.tfevents.*"))} == set(by_number)
     progress = (base / "progress.txt").read_text()
     started = dict(re.findall(r"started (t\d\d): (.*)", progress))
     assert sorted(started) == sorted(by_number) and ray_ids["t01"] not in progress

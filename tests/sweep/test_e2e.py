@@ -41,10 +41,9 @@ def test_one_parent_and_one_nested_run_per_trial(swept) -> None:
 def test_parameters_are_what_the_sampler_chose(swept) -> None:
     spec, grid, uri, _ = swept
     _, _, runs = _runs(uri, spec.name)
-    by_trial = {r.data.tags["sweep.trial_id"]: r for r in runs}
+    by_trial = {r.data.tags["sweep.trial"]: r for r in runs}
     for result in grid:
-        trial_id = Path(result.path).name
-        params = by_trial[trial_id].data.params
+        params = by_trial[Path(result.path).name].data.params  # the trial's folder is its tNN
         for key, value in result.config.items():
             assert float(params[key]) == pytest.approx(value) if isinstance(value, float) else params[key] == str(value)
         assert ("momentum" in params) == (result.config["optimizer"] == "sgd")
@@ -57,7 +56,7 @@ def test_one_metric_value_per_epoch_and_asha_stopped_some(swept) -> None:
     epochs_by_trial = {Path(r.path).name: len(r.metrics_dataframe) for r in grid}
     for run in runs:
         steps = [m.step for m in mlflow.get_metric_history(run.info.run_id, "val_top1")]
-        assert steps == list(range(1, epochs_by_trial[run.data.tags["sweep.trial_id"]] + 1))
+        assert steps == list(range(1, epochs_by_trial[run.data.tags["sweep.trial"]] + 1))
         assert int(run.data.tags["sweep.epochs_run"]) == len(steps)
     states = [r.data.tags["sweep.state"] for r in runs]
     assert states.count("stopped_early") >= 1 and states.count("completed") >= 1, states
@@ -116,7 +115,8 @@ def test_status_command(swept, cli) -> None:
     spec, _, _, base = swept
     done = cli("status", spec.name, "--results", base / "results", cwd=base)
     assert done.returncode == 0, done
-    assert f"sweep {spec.name}: {spec.budget.trials} trials" in done.stdout and "best val_top1=" in done.stdout
+    n = spec.budget.trials
+    assert f"sweep {spec.name}: {n} of {n} trials" in done.stdout and "best val_top1=" in done.stdout
 
 
 def test_running_again_without_resume_is_refused(swept, cli) -> None:

@@ -118,7 +118,7 @@ def test_ctrl_c_then_kill_9_right_after_a_trial_finished_then_resume(tmp_path: P
     driver.kill_9()
     ended = {r.data.tags["sweep.trial_id"]: r for r in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id)}
     ended = {t: r for t, r in ended.items() if r.info.status == "FINISHED"}
-    trained = {t: trained_log(tmp_path, t) for t in ended}
+    trained = {t: trained_log(tmp_path, r.data.tags["sweep.trial"]) for t, r in ended.items()}
     assert before < len(ended) < TRIALS
     time.sleep(0.5)
     assert not [p for p in ray_pids(driver.ray_tmp) if ours(p, driver.ray_tmp)]  # nothing of that driver's Ray left
@@ -133,8 +133,8 @@ def test_ctrl_c_then_kill_9_right_after_a_trial_finished_then_resume(tmp_path: P
     live = [r for r in runs if r.data.tags.get("sweep.state") != "orphaned"]
     assert len(live) == TRIALS, [(r.data.tags.get("sweep.trial_id"), r.data.tags.get("sweep.state")) for r in runs]
     assert len({r.data.tags["sweep.trial_id"] for r in live}) == TRIALS
-    numbers = sorted(r.data.tags["sweep.trial"] for r in runs)  # one tNN each, in launch order, none twice
-    assert numbers == [f"t{i:02d}" for i in range(1, len(runs) + 1)], numbers
+    numbers = [r.data.tags["sweep.trial"] for r in runs]  # one tNN each, none twice
+    assert len(set(numbers)) == len(numbers), numbers
     assert all(r.info.run_name.startswith(r.data.tags["sweep.trial"] + " ") for r in runs)
     from sweep.export import load_table
 
@@ -148,11 +148,11 @@ def test_ctrl_c_then_kill_9_right_after_a_trial_finished_then_resume(tmp_path: P
     now = {r.data.tags["sweep.trial_id"]: r for r in runs}
     for trial, old in ended.items():  # what had ended when the driver was killed is untouched: not started again
         assert (now[trial].info.end_time, now[trial].info.run_name) == (old.info.end_time, old.info.run_name)
-        assert trained_log(tmp_path, trial) == trained[trial]
+        assert trained_log(tmp_path, now[trial].data.tags["sweep.trial"]) == trained[trial]
     # Every trial has its folder; a trial the killed driver created after Ray last saved its state may have left
     # one too (its run is marked orphaned above).
     trial_dirs = {p.name for p in (tmp_path / "results" / "scripted" / "tune").iterdir() if p.is_dir()}
-    assert {r.data.tags["sweep.trial_id"] for r in live} <= trial_dirs
+    assert {r.data.tags["sweep.trial"] for r in live} <= trial_dirs  # named by their tNN
     # The Optuna study holds exactly the sweep's trials, each told its best epoch once; a trial the killed driver
     # had asked for but Ray never saved is marked failed and orphaned, never left running.
     import optuna
@@ -166,10 +166,12 @@ def test_ctrl_c_then_kill_9_right_after_a_trial_finished_then_resume(tmp_path: P
         for r in live
     }
     assert {t.user_attrs["sweep.trial_id"]: t.value for t in done} == pytest.approx(best)
+    named = {r.data.tags["sweep.trial"]: r.data.tags["sweep.trial_id"] for r in live}
+    assert {t.user_attrs["sweep.trial"]: t.user_attrs["sweep.trial_id"] for t in done} == named  # one tNN each
 
 
 def trained_log(base: Path, trial: str) -> list[str]:
-    """The epochs a trial really trained, in order (the scripted trainer's log in its work folder)."""
+    """The epochs trial ``tNN`` really trained, in order (the scripted trainer's log in its work folder)."""
     return (base / "results" / "scripted" / "trials" / trial / "trained.log").read_text().split()
 
 
