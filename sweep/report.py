@@ -38,18 +38,17 @@ def build(names: list[str], results: Path, out: Path, tracking_uri: str | None =
     """Write the report folder ``out``; return ``out/report.html``. Every sweep is found before anything is
     written."""
     uris = {name: locate_uri(name, results, tracking_uri) for name in names}
-    for name in names:
-        load_table(name, uris[name])
+    tables = [load_table(name, uris[name], keys=["weights"], optional=True) for name in names]
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".written").touch()
         (out / ".written").unlink()
     except OSError as e:
         raise SweepError(f"-o: cannot write the report folder {out}: {e.strerror or e}") from None
-    for name in names:  # `sweep evaluate` first where it has not run, so every table holds the test score
+    for i, name in enumerate(names):  # `sweep evaluate` first where it has not run: every table holds the test score
         if sweep_spec(name, results).entry.evaluate is not None and not (results / name / "test").is_dir():
             evaluate_best(name, results, uris[name])
-    tables = [load_table(name, uris[name], keys=["weights"], optional=True) for name in names]
+            tables[i] = load_table(name, uris[name], keys=["weights"], optional=True)
     sections = []
     for name, table in zip(names, tables, strict=True):
         uri = uris[name]
