@@ -7,6 +7,7 @@ another), and the alias (``champion``) moved to the new version.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from sweep.errors import SweepError
 from sweep.evaluate import best_trial, sweep_spec
 
 MODEL_TAG = "sweep.model_uri"
+ALIAS = re.compile(r"[\w\-]+")
+VERSION_ALIAS = re.compile(r"[vV]\d+")
 
 
 @dataclass(frozen=True)
@@ -66,16 +69,19 @@ def promote(
 
 
 def _check_names(registered: str, alias: str) -> None:
-    """The registry's own rules for a model's name and an alias, as one line each, before anything is written."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_name
-
-    checks = (("--as", registered, _validate_model_name), ("--alias", alias, _validate_model_alias_name))
-    for flag, value, check in checks:
-        try:
-            check(value)
-        except MlflowException as e:
-            raise SweepError(f"{flag}: {e.message}") from None
+    """The Model Registry's rules for a model's name and an alias (as its REST API states them), checked here as
+    one line each before anything is written: MLflow's own checks are private and renamed between releases."""
+    problems = [
+        ("--as", not registered.strip(), "a registered model needs a name"),
+        ("--as", "/" in registered or ":" in registered, f"'{registered}': names cannot contain '/' or ':'"),
+        ("--alias", not ALIAS.fullmatch(alias), f"'{alias}': aliases may only contain alphanumerics, _ and -"),
+        ("--alias", len(alias) > 255, "an alias is at most 255 characters"),
+        ("--alias", alias.lower() == "latest", "'latest' is reserved (it names the newest version)"),
+        ("--alias", bool(VERSION_ALIAS.fullmatch(alias)), f"'{alias}' is reserved (it names version {alias[1:]})"),
+    ]
+    for flag, broken, message in problems:
+        if broken:
+            raise SweepError(f"{flag}: {message}")
 
 
 def _registered(client: Any, name: str, model_uri: str) -> Any:

@@ -288,7 +288,12 @@ def test_promoting_again_adds_no_version_and_bad_names_are_one_line(demo_sweep, 
     versions = store.client(uri).search_model_versions(f"name = '{spec.name}'")
     again = cli("promote", spec.name, *at, cwd=base)
     assert again.returncode == 0 and f"{spec.name} version {versions[0].version} (@champion)" in again.stdout, again
-    bad = (("--as", "my model/ü", "cannot contain '/'"), ("--alias", "bad alias!", "alphanumerics"))
+    bad = (
+        ("--as", "my model/ü", "cannot contain '/'"),
+        ("--alias", "bad alias!", "alphanumerics"),
+        ("--alias", "Latest", "reserved"),
+        ("--alias", "v3", "reserved (it names version 3)"),
+    )
     for flag, value, words in bad:
         done = cli("promote", spec.name, flag, value, *at, cwd=base)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"{flag}: " in done.stderr, done
