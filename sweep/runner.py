@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sweep import lock, records, storage, store, study
 from sweep.errors import Fault, SweepError
 from sweep.journal import ended_for_good
+from sweep.record import SweepRecord, find_record
 from sweep.records import RERUN_KEYS, flat_config
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
@@ -238,11 +239,10 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
     if root.is_dir():  # nothing of a sweep another driver runs is read or touched
         locks.append(lock.acquire(root, spec.name))
     place = storage.resolve(spec.storage, root, spec.name)
-    state_file = root / "sweep.json"
-    if resume and not state_file.exists():
+    saved = find_record(spec.name, results) if resume else None
+    if resume and saved is None:
         raise SweepError(f"--resume: no sweep '{spec.name}' in {root}; run it without --resume first")
-    saved = json.loads(state_file.read_text()) if resume else {}
-    if resume and saved["spec_hash"] != spec.digest:
+    if saved is not None and saved.spec_hash != spec.digest:
         raise SweepError(f"--resume: the spec changed since '{spec.name}' started; resume with the same spec")
     if address:
         check_address(address)
@@ -281,20 +281,13 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
         repair(place)  # a trial whose named checkpoint a killed driver left deleted goes on from its newest
     tags = common_tags(spec, base)  # once: it asks git for the commit
     dataset = dataset_info(spec, sizes)
-    if resume:
-        parent_id = saved["parent_run_id"]
+    if saved is not None:
+        parent_id = saved.parent_run_id
         mlflow.update_run(parent_id, status="RUNNING")
     else:
         parent_id = _new_parent(mlflow, exp_id, spec, tags, dataset)
-        record = {
-            "parent_run_id": parent_id,
-            "experiment_id": exp_id,
-            "spec_hash": spec.digest,
-            "tracking_uri": store.redact(uri),
-            "study": store.redact(study_url),
-            "spec": spec.raw,
-        }
-        _atomic_json(state_file, record)
+        record = SweepRecord(parent_id, exp_id, spec.digest, store.redact(uri), store.redact(study_url), spec.raw)
+        record.write(root)
     trainable = make_trainable(spec, place, ended_trials(mlflow, exp_id, parent_id) if resume else None)
     if resume:
         tuner = tune.Tuner.restore(
@@ -320,12 +313,12 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
         with kept():  # Tune installs handlers of its own inside fit(); the caller's are back after it
             grid = tuner.fit()
     except Exception as e:  # Tune's own write or read of its state: a full disk, an object store gone
-        down = storage.gone(str(e)) if spec.storage.uri else None
+        down = storage.gone(str(e), place) if spec.storage.uri else None
         full = disk_full(e) or out_of_space(root)  # or a file the full disk left empty, read back
         if not FAULT and not full and not down:
             raise
         # Tune ended the trials (and the tracking callback recorded them) before it failed: resumable
-        fault = Fault.full_disk(root) if full else Fault.store_gone(f"{place.url}: {down}")
+        fault = Fault.full_disk(root) if full else Fault.store_gone(down or place.url)
         fault = FAULT[0] if FAULT else fault
         return Outcome([], True, [], root / LOG_FILE, fault)
     if not INTERRUPTED.is_set():
@@ -694,6 +687,7 @@ def run_config(
             root / "tracking-pending.jsonl",
             spec.tracking.drain_s,
             {**_context(spec, dataset), "role": role},
+            place,
         ),
         ProgressCallback(spec.name, spec.metric.primary, spec.metric.modes[0], trials or spec.budget.trials),
     ]
@@ -757,9 +751,3 @@ def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str],
         path.write_text(json.dumps(spec.raw, indent=2, default=str))
         mlflow.log_artifact(run.info.run_id, str(path))
     return str(run.info.run_id)
-
-
-def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)

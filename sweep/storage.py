@@ -133,13 +133,14 @@ def _s3_problem(message: str, storage: Storage) -> str:
 _UNREACHABLE = ("Could not connect to server", "NETWORK_CONNECTION", "Connection refused", "Failed to connect")
 
 
-def gone(text: str) -> str | None:
+def gone(text: str, storage: Storage | None = None) -> str | None:
     """Why the object store cannot be reached, from an error's text (pyarrow's S3 client, in the driver or a worker),
-    or None when the error is another one."""
+    naming the store (its endpoint and the sweep's folder there); None when the error is another one."""
     if not any(words in text for words in _UNREACHABLE):
         return None
-    found = re.search(r"Failed to connect to [^:;]+", text)
-    return f"the object store does not answer ({found.group(0) if found else 'could not connect'})"
+    at = f" at {storage.endpoint or 'AWS S3'} ({storage.url})" if storage is not None else ""
+    found = re.search(r"Failed to connect to [^;\n]+", text)
+    return f"the object store{at} does not answer ({found.group(0).strip() if found else 'could not connect'})"
 
 
 def scratch() -> Path:

@@ -25,7 +25,7 @@ from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.records import end_state, flat_config
 from sweep.runner import NODE_TAG
-from sweep.storage import best_files, gone
+from sweep.storage import Storage, best_files, gone
 from sweep.store import STATE_TAG, STOP_REASON, client
 from trainers.direction import better
 
@@ -76,6 +76,7 @@ class MlflowCallback(Callback):
         journal_path: Path,
         drain_s: float = 60.0,
         context: Mapping[str, Any] | None = None,
+        place: Storage | None = None,
     ) -> None:
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self.objectives = [tuple(o) for o in objectives]
@@ -84,6 +85,8 @@ class MlflowCallback(Callback):
         self.context = dict(context or {})
         """What the parent's summary says besides the runs: description, search space, scheduler, dataset."""
         self.journal_path, self.drain_s = journal_path, drain_s
+        self.place = place
+        """Where Ray Tune keeps the sweep's state (an object store's errors name it)."""
         self._journal: Journal | None = None
         self._best: dict[str, float] = {}
         self._improved: set[str] = set()
@@ -183,7 +186,7 @@ class MlflowCallback(Callback):
         line = error_line(trial)
         if disk_full(RuntimeError(line)):  # every trial writing there would fail the same way: stop, resumable
             stop_for(Fault.full_disk(self.journal_path.parent))
-        elif down := gone(line):  # the object store holding the checkpoints stopped answering: so for every trial
+        elif down := gone(line, self.place):  # the store of the checkpoints stopped answering: so for every trial
             stop_for(Fault.store_gone(down))
         tags = {STATE_TAG: "errored", "sweep.error": line[:4000], "sweep.epochs_run": str(epochs)}
         self._submit(trials, trial, "end", status="FAILED", tags=tags)

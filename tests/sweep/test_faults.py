@@ -260,7 +260,8 @@ def test_the_object_store_gone_mid_sweep_is_one_line_and_the_sweep_resumes(
         shutting.join()
         assert stopped.returncode == 1 and "Traceback" not in stopped.stdout + stopped.stderr, stopped
         last = stopped.stderr.strip().splitlines()[-1]
-        assert "the object store does not answer" in last and f"port {gate.port}" in last and "--resume" in last
+        named = f"the object store at http://127.0.0.1:{gate.port} (s3://sweeps/x/scripted) does not answer"
+        assert named in last and "--resume" in last, last
         uri = store.resolve_uri(None, tmp_path)
         mlflow = store.client(uri)
         exp = mlflow.get_experiment_by_name("scripted")
