@@ -240,11 +240,11 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    import json
 
     from sweep import store
     from sweep.export import locate_uri
     from sweep.journal import MlflowWriter, replay
+    from sweep.record import load_record
     from sweep.spec import MetricSpec
 
     root = Path(args.results) / args.name
@@ -252,13 +252,13 @@ def _sync(args: argparse.Namespace) -> int:
     if not pending.exists():
         print(f"sweep {args.name}: nothing to sync")
         return 0
-    record = json.loads((root / "sweep.json").read_text())
+    record = load_record(args.name, Path(args.results))
     uri = locate_uri(args.name, Path(args.results), args.tracking_uri)
-    if "***" in record.get("tracking_uri", "") and not args.tracking_uri:
-        raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record['tracking_uri']}")
-    metric = MetricSpec.model_validate(record["spec"].get("metric", {}))
+    if "***" in record.tracking_uri and not args.tracking_uri:
+        raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record.tracking_uri}")
+    metric = MetricSpec.model_validate(record.spec.get("metric", {}))
     objectives = list(zip(metric.names, metric.modes, strict=True))
-    writer = MlflowWriter(store.client(uri), record["experiment_id"], record["parent_run_id"], objectives, {}, {})
+    writer = MlflowWriter(store.client(uri), record.experiment_id, record.parent_run_id, objectives, {}, {})
     count = replay(pending, writer, uri)
     print(f"sweep {args.name}: {count} kept records delivered to {store.redact(uri)}")
     return 0
@@ -321,8 +321,8 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _tensorboard(args: argparse.Namespace) -> int:
-    import json
 
+    from sweep.record import find_record
     from sweep.serve import serve, tool
     from sweep.spec import StorageSpec
     from sweep.storage import resolve
@@ -330,8 +330,8 @@ def _tensorboard(args: argparse.Namespace) -> int:
     logdir = Path(args.results) / args.name  # tune/ (the metrics) and trials/*/tb (histograms, when asked)
     if not logdir.is_dir():
         raise SweepError(f"no sweep '{args.name}' in {args.results} (no {logdir})")
-    record = logdir / "sweep.json"
-    storage = json.loads(record.read_text())["spec"].get("storage") if record.exists() else None
+    record = find_record(args.name, Path(args.results))
+    storage = record.spec.get("storage") if record is not None else None
     if storage:  # Ray Tune's folders are in the sweep's storage
         place = resolve(StorageSpec.model_validate(storage), logdir, args.name)
         if place.remote:

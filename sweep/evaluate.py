@@ -3,7 +3,6 @@ never saw, or drawn on any images."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 from sweep import store
 from sweep.errors import SweepError
 from sweep.export import load_table
-from sweep.spec import Spec, parse_spec
+from sweep.record import load_record
+from sweep.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,7 @@ class BestTrial:
 
 def sweep_spec(name: str, results: Path) -> Spec:
     """The spec a sweep ran with, from its record."""
-    record = results / name / "sweep.json"
-    if not record.exists():
-        raise SweepError(f"no sweep '{name}' in {results} (its sweep.json holds the dataset and model)")
-    return parse_spec(json.loads(record.read_text())["spec"])
+    return load_record(name, results).parsed()
 
 
 def best_trial(name: str, results: Path, uri: str, experiment: str | None = None) -> BestTrial:

@@ -15,6 +15,7 @@ import pandas as pd
 from sweep import records, store
 from sweep.errors import SweepError
 from sweep.formats import FORMATS
+from sweep.record import find_record
 
 DASH = "–"  # a value a trial does not have (a conditional parameter, an unevaluated score), for a reader
 
@@ -37,11 +38,9 @@ def locate_uri(name: str, results: Path, uri: str | None) -> str:
     """The sweep's tracking URI: the flag, the environment, the sweep's record, or the default store."""
     if uri:
         return store.connect(uri)
-    record = results / name / "sweep.json"
-    if record.exists():
-        saved = json.loads(record.read_text()).get("tracking_uri", "")
-        if saved and "***" not in saved:
-            return str(saved)  # credentials, where the store needs them, come from the environment
+    record = find_record(name, results)
+    if record is not None and record.tracking_uri and "***" not in record.tracking_uri:
+        return record.tracking_uri  # credentials, where the store needs them, come from the environment
     return store.connect(store.resolve_uri(None, Path(".")))
 
 

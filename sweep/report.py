@@ -17,8 +17,10 @@ import yaml
 
 from sweep import figures, records, store
 from sweep.errors import SweepError
-from sweep.evaluate import best_trial, detect_best, evaluate_best, sweep_spec
+from sweep.evaluate import best_trial, detect_best, evaluate_best
 from sweep.export import SweepTable, compare, load_table, locate_uri, render
+from sweep.record import load_record
+from sweep.spec import Spec
 from sweep.study import study_storage
 
 TOP_CURVES = 5
@@ -37,6 +39,7 @@ class Section:
 def build(names: list[str], results: Path, out: Path, tracking_uri: str | None = None) -> Path:
     """Write the report folder ``out``; return ``out/report.html``. Every sweep is found before anything is
     written."""
+    specs = {name: load_record(name, results).parsed() for name in names}
     uris = {name: locate_uri(name, results, tracking_uri) for name in names}
     tables = [load_table(name, uris[name], keys=["weights"], optional=True) for name in names]
     try:
@@ -46,13 +49,13 @@ def build(names: list[str], results: Path, out: Path, tracking_uri: str | None =
     except OSError as e:
         raise SweepError(f"-o: cannot write the report folder {out}: {e.strerror or e}") from None
     for i, name in enumerate(names):  # `sweep evaluate` first where it has not run: every table holds the test score
-        if sweep_spec(name, results).entry.evaluate is not None and not (results / name / "test").is_dir():
+        if specs[name].entry.evaluate is not None and not (results / name / "test").is_dir():
             evaluate_best(name, results, uris[name])
             tables[i] = load_table(name, uris[name], keys=["weights"], optional=True)
     sections = []
     for name, table in zip(names, tables, strict=True):
         uri = uris[name]
-        section = _section(name, table, uri, results, out)
+        section = _section(name, specs[name], table, uri, results, out)
         sections.append(section)
         _log(uri, table.parent_id, section, out)
     top = compare(tables).drop(columns=["weights"], errors="ignore")
@@ -67,8 +70,7 @@ def build(names: list[str], results: Path, out: Path, tracking_uri: str | None =
     return out / "report.html"
 
 
-def _section(name: str, table: SweepTable, uri: str, results: Path, out: Path) -> Section:
-    spec = sweep_spec(name, results)
+def _section(name: str, spec: Spec, table: SweepTable, uri: str, results: Path, out: Path) -> Section:
     client = store.client(uri)
     parent = client.get_run(table.parent_id)
     section = Section(name)

@@ -9,7 +9,6 @@ seeds; the searched run's own value is not among them, it was picked as the best
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ import pandas as pd
 
 from sweep import records, storage, store
 from sweep.errors import SweepError
-from sweep.evaluate import sweep_spec
 from sweep.export import load_table, locate_uri, seeds_summary
+from sweep.record import load_record
 from sweep.runner import (
     LOG_FILE,
     check_address,
@@ -38,9 +37,9 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
     configurations with their mean ± CI."""
     if top < 1 or seeds < 2:
         raise SweepError(f"rerun: needs --top >= 1 and --seeds >= 2 for an interval, got --top {top} --seeds {seeds}")
-    spec = sweep_spec(name, results)
+    record = load_record(name, results)
+    spec = record.parsed()
     root = (results / name).resolve()
-    record = json.loads((root / "sweep.json").read_text())
     uri = locate_uri(name, results, None)
     table = load_table(name, uri)
     picked = table.frame.dropna(subset=[table.metric]).head(top)
@@ -74,7 +73,7 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
             root,
             place,
             uri,
-            record["experiment_id"],
+            record.experiment_id,
             table.parent_id,
             tags,
             dataset_info(spec, sizes),
@@ -86,7 +85,7 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
 
     with kept():
         tuner.fit()
-    summary = seeds_summary(store.client(uri), record["experiment_id"], table.parent_id, table.metric)
+    summary = seeds_summary(store.client(uri), record.experiment_id, table.parent_id, table.metric)
     return picked[["rank", "trial", "run", *table.searched, table.metric]].join(summary, on="trial")
 
 

@@ -7,12 +7,12 @@ Every trial is told the value of its best epoch (``sweep.searcher``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sweep import store
 from sweep.errors import SweepError
+from sweep.record import load_record
 
 ORPHANED = "sweep.orphaned"
 
@@ -53,13 +53,10 @@ def close_orphans(url: str, name: str) -> int:
 
 def study_storage(name: str, results: Path) -> str:
     """The study storage of sweep ``name``, from its record."""
-    record = results / name / "sweep.json"
-    if not record.exists():
-        raise SweepError(f"no sweep '{name}' in {results} (its sweep.json names the study)")
-    url = json.loads(record.read_text()).get("study")
+    url = load_record(name, results).study
     if not url:
         raise SweepError(f"sweep '{name}' ran before studies were kept; it has no Optuna study")
-    return str(url)
+    return url
 
 
 def study_link(base_url: str, storage: str, name: str) -> str:

@@ -2,7 +2,6 @@
 
 Each case runs the real CLI (``sweep.cli.main``) in this process, as a user's command would."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import yaml
 from PIL import Image
 
 from sweep.cli import main
+from sweep.record import SweepRecord
 from tests.conftest import free_port
 from tests.sweep.conftest import ROOT
 from trainers.classifier.config import ClassifierData
@@ -72,10 +72,36 @@ def test_paths_stores_and_commands_that_cannot_work(tmp_path: Path, capsys, monk
     record = tmp_path / "results" / "yolo" / "sweep.json"
     record.parent.mkdir(parents=True)
     mmdet_spec = yaml.safe_load((ROOT / "search_spaces" / "yolov3.yaml").read_text())
-    record.write_text(json.dumps({"spec": mmdet_spec, "tracking_uri": ""}))
+    SweepRecord("run-id", "1", "digest", "", None, mmdet_spec).write(record.parent)
     code, _, err = sweep(capsys, "evaluate", "yolo")
     assert code == 2 and "no sweep named 'yolo'" in one_line(err)  # the record without its runs
     assert not list(tmp_path.glob("results/digits-demo/*"))
+
+
+def test_a_sweep_that_is_not_there_names_the_ones_that_are(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Every command that reads a sweep's record (``results/NAME/sweep.json``) says the same thing when it is not
+    there, naming the sweeps that are; a record that is not one (hand-edited, cut short) is one line naming it."""
+    monkeypatch.chdir(tmp_path)
+    commands = [["evaluate"], ["promote"], ["rerun", "--top", "1", "--seeds", "2"], ["dashboard"]]
+    commands += [["report", "-o", "r"]]
+    for argv in commands:
+        code, _, err = sweep(capsys, argv[0], "nosuch", *argv[1:])
+        assert code == 2 and "no sweep 'nosuch' in results: no sweep has run there" in one_line(err), argv
+    spec = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    for name in ("cub-r50", "voc-frcnn"):
+        (tmp_path / "results" / name).mkdir(parents=True)
+        SweepRecord("run-id", "1", "digest", "", None, spec).write(tmp_path / "results" / name)
+    (tmp_path / "results" / "half").mkdir()
+    (tmp_path / "results" / "half" / "sweep.json").write_text('{"parent_run_id": "x", "spec":')
+    for argv in commands:
+        code, _, err = sweep(capsys, argv[0], "cub-r5", *argv[1:])
+        assert code == 2 and "no sweep 'cub-r5' in results: the sweeps there are cub-r50, half, voc-frcnn" in err
+        one_line(err)
+    code, _, err = sweep(capsys, "evaluate", "half")
+    assert code == 2 and "results/half/sweep.json: not a sweep record (Expecting value" in one_line(err)
+    (tmp_path / "results" / "half" / "tracking-pending.jsonl").write_text("")
+    code, _, err = sweep(capsys, "sync", "half")
+    assert code == 2 and "results/half/sweep.json: not a sweep record" in one_line(err)
 
 
 def folder_of_classes(root: Path, counts: dict[str, int]) -> Path:
