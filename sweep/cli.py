@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sweep.errors import SweepError, disk_full, no_space
 from sweep.formats import FORMATS
+from sweep.tags import METRIC, MODE
 from trainers.base import UserError
 
 TRIALS_ERRORED, USER_ERROR, INTERRUPTED = 1, 2, 130
@@ -281,8 +282,8 @@ def _ui(args: argparse.Namespace) -> int:
         exp_id = found.experiment_id
         parents = store.parent_runs(store.client(uri), exp_id, args.name)
         if parents:
-            metric = parents[0].data.tags.get("sweep.metric", "").split(",")[0] or None
-            mode = parents[0].data.tags.get("sweep.mode", "max").split(",")[0]
+            metric = parents[0].data.tags.get(METRIC, "").split(",")[0] or None
+            mode = parents[0].data.tags.get(MODE, "max").split(",")[0]
     if uri.startswith(("http://", "https://")):  # a tracking server has its UI already
         _server_answers(uri)
         print(f"MLflow UI of the tracking server: {store.runs_link(uri, exp_id, metric, mode)}")

@@ -13,6 +13,7 @@ from sweep.errors import SweepError
 from sweep.export import load_table
 from sweep.record import load_record
 from sweep.spec import Spec
+from sweep.tags import BEST_TRIAL, TRIAL_ID
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def best_trial(name: str, results: Path, uri: str, experiment: str | None = None
     runs = [
         r
         for r in store.trial_runs(mlflow, exp.experiment_id, table.parent_id)
-        if r.data.tags.get("sweep.trial_id") == trial_id
+        if r.data.tags.get(TRIAL_ID) == trial_id
     ]
     return BestTrial(spec, trial_id, runs[0].info.run_id, table.parent_id, mlflow)
 
@@ -79,7 +80,7 @@ def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = N
 
     best.client.log_batch(best.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
     best.client.log_artifacts(best.run_id, str(out), artifact_path="test")
-    best.client.set_tag(best.parent_id, "sweep.best_trial", best.trial_id)
+    best.client.set_tag(best.parent_id, BEST_TRIAL, best.trial_id)
     return {"trial": best.trial_id, **metrics}  # type: ignore[dict-item]
 
 

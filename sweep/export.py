@@ -16,6 +16,7 @@ from sweep import records, store
 from sweep.errors import SweepError
 from sweep.formats import FORMATS
 from sweep.record import find_record
+from sweep.tags import EPOCHS_RUN, METRIC, MODE, SEARCHED, STATE, TNN, TRIAL_ID, TRIALS
 
 DASH = "–"  # a value a trial does not have (a conditional parameter, an unevaluated score), for a reader
 
@@ -66,13 +67,13 @@ def load_table(
         raise SweepError(f"no sweep named '{name}' in the tracking store {store.redact(uri)}")
     parent = parents[0]
     tags = parent.data.tags
-    metrics, modes = tags["sweep.metric"].split(","), tags["sweep.mode"].split(",")
+    metrics, modes = tags[METRIC].split(","), tags[MODE].split(",")
     metric, mode = metrics[0], modes[0]
-    searched = [s for s in tags.get("sweep.searched", "").split(",") if s]
+    searched = [s for s in tags.get(SEARCHED, "").split(",") if s]
     test = "test_" + metric.removeprefix("val_")
     rows = []
     for run in store.trial_runs(mlflow, exp.experiment_id, parent.info.run_id):
-        if run.data.tags.get(store.STATE_TAG) == "orphaned":
+        if run.data.tags.get(STATE) == "orphaned":
             continue
         row = _row(mlflow, run, metrics, mode, searched, test)
         row |= {k: _number(run.data.params[k]) if k in run.data.params else run.data.tags.get(k) for k in keys}
@@ -104,7 +105,7 @@ def load_table(
     if len(seeds):  # `sweep rerun` ran: each re-run configuration's mean ± 95% CI over its seeds
         frame = frame.join(seeds, on="trial")
         frame = frame[[c for c in frame.columns if c not in seeds.columns] + list(seeds.columns)]
-    planned = int(tags.get("sweep.trials", "0") or 0)
+    planned = int(tags.get(TRIALS, "0") or 0)
     return SweepTable(name, metric, mode, searched, parent.info.run_id, ranked(frame, metric, mode), planned)
 
 
@@ -138,7 +139,7 @@ def seeds_summary(client: Any, exp_id: str, parent_id: str, metric: str) -> pd.D
     """Per re-run configuration (the trial it repeats): mean, 95% CI half-width and count of ``best_<metric>``."""
     rows: dict[str, list[float]] = {}
     for run in store.trial_runs(client, exp_id, parent_id, role=store.RERUN):
-        if run.data.tags.get(store.STATE_TAG) in ("completed", "stopped_early", "diverged"):
+        if run.data.tags.get(STATE) in ("completed", "stopped_early", "diverged"):
             value = run.data.metrics.get(f"best_{metric}", math.nan)
             rows.setdefault(run.data.params.get("rerun_of", ""), []).append(value)
     stats = {trial: interval(values) for trial, values in rows.items()}
@@ -149,9 +150,9 @@ def seeds_summary(client: Any, exp_id: str, parent_id: str, metric: str) -> pd.D
 def _row(mlflow: Any, run: Any, metrics: list[str], mode: str, searched: list[str], test: str) -> dict[str, Any]:
     """One trial: its parameters, every objective at its best epoch, its test score, epochs, wall time, state."""
     data, tags, info = run.data.metrics, run.data.tags, run.info
-    row = {"trial": tags.get("sweep.trial_id", info.run_id), "run": tags.get(records.TRIAL_TAG, "")}
+    row = {"trial": tags.get(TRIAL_ID, info.run_id), "run": tags.get(TNN, "")}
     row |= {p: _number(run.data.params[p]) if p in run.data.params else None for p in searched}
-    epochs = tags.get("sweep.epochs_run")  # set when the trial ends
+    epochs = tags.get(EPOCHS_RUN)  # set when the trial ends
     history = mlflow.get_metric_history(info.run_id, metrics[0]) if epochs is None else []  # a running trial's
     if f"best_{metrics[0]}" in data:
         row |= {m: data.get(f"best_{m}", math.nan) for m in metrics}
@@ -165,7 +166,7 @@ def _row(mlflow: Any, run: Any, metrics: list[str], mode: str, searched: list[st
     row[test] = data.get(test, math.nan)
     row["epochs"] = int(epochs or 0)
     row["wall_s"] = round((info.end_time - info.start_time) / 1000, 1) if info.end_time else math.nan
-    row["state"] = tags.get(store.STATE_TAG, "unknown")
+    row["state"] = tags.get(STATE, "unknown")
     return row
 
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from sweep import records
 from sweep.errors import Fault, SweepError, disk_full
 from sweep.interrupts import stop_for
-from sweep.store import STATE_TAG, STOP_REASON, TRIAL, redact, trial_runs, unreachable
+from sweep.store import TRIAL, redact, trial_runs, unreachable
+from sweep.tags import EPOCHS_RUN, ROLE, STATE, STOP_REASON, TNN, TRIAL_ID
 from trainers.base import link_or_copy
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ def ended_for_good(run: Any) -> bool:
     tags = run.data.tags
     return bool(
         run.info.status == "FINISHED"
-        and tags.get(STATE_TAG) in ENDED
+        and tags.get(STATE) in ENDED
         and tags.get(STOP_REASON) != "time budget"
-        and "sweep.epochs_run" in tags
+        and EPOCHS_RUN in tags
     )
 
 
@@ -119,12 +120,12 @@ class MlflowWriter:
             return self.runs[trial_id]
         found = self.client.search_runs(
             [self.exp_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`sweep.trial_id` = '{trial_id}'",
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'",
         )
         if found:
             run = found[0]
             run_id = run.info.run_id
-            number = self.numbers[trial_id] = _number(run.data.tags.get(records.TRIAL_TAG)) or number
+            number = self.numbers[trial_id] = _number(run.data.tags.get(TNN)) or number
             history = self.client.get_metric_history(run_id, self.metric)
             self.last_step[trial_id] = max((m.step for m in history), default=0)
             epoch = int(run.data.metrics.get("best_epoch", 0))
@@ -144,10 +145,10 @@ class MlflowWriter:
             tags = {
                 **self.tags,
                 "mlflow.parentRunId": self.parent_id,
-                "sweep.role": self.role,
-                "sweep.trial_id": trial_id,
-                records.TRIAL_TAG: (config or {}).get("rerun_of_run") or records.trial_number(number),
-                STATE_TAG: "running",
+                ROLE: self.role,
+                TRIAL_ID: trial_id,
+                TNN: (config or {}).get("rerun_of_run") or records.trial_number(number),
+                STATE: "running",
             }
             name = records.run_name(number, config or {})
             run_id = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
@@ -198,7 +199,7 @@ class MlflowWriter:
             self.client.log_artifact(run_id, op["path"], artifact_path=op["artifact_path"])
         elif kind == "end":
             tags = dict(op["tags"])
-            state, epochs = tags[STATE_TAG], int(tags.get("sweep.epochs_run", 0))
+            state, epochs = tags[STATE], int(tags.get(EPOCHS_RUN, 0))
             value, at = self.best.get(op["trial"], {}).get(self.metric, (None, None))
             number = self.numbers.get(op["trial"]) or int(op.get("number") or 0)
             name = records.run_name(number, op.get("config") or {})
@@ -213,7 +214,7 @@ class MlflowWriter:
         """The next free ``tNN`` of this writer's runs under the parent (the store's, after a resume)."""
         if self._taken is None:
             runs = trial_runs(self.client, self.exp_id, self.parent_id, role=self.role)
-            self._taken = max((_number(r.data.tags.get(records.TRIAL_TAG)) for r in runs), default=0)
+            self._taken = max((_number(r.data.tags.get(TNN)) for r in runs), default=0)
         self._taken += 1
         return self._taken
 
@@ -242,9 +243,9 @@ class MlflowWriter:
 
     def _orphans(self, known: set[str]) -> None:
         for run in trial_runs(self.client, self.exp_id, self.parent_id):
-            if run.info.status == "RUNNING" and run.data.tags.get("sweep.trial_id") not in known:
+            if run.info.status == "RUNNING" and run.data.tags.get(TRIAL_ID) not in known:
                 # Created before a crash for a trial Ray never checkpointed: not part of the sweep.
-                self.client.set_tag(run.info.run_id, STATE_TAG, "orphaned")
+                self.client.set_tag(run.info.run_id, STATE, "orphaned")
                 self.client.set_terminated(run.info.run_id, "FAILED")
 
 

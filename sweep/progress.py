@@ -11,6 +11,7 @@ from ray.tune import Callback
 
 from sweep import records
 from sweep.records import flat_config
+from sweep.tags import STOP_REASON
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -69,7 +70,7 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        reason = (trial.last_result or {}).get("info/sweep.stop_reason")
+        reason = (trial.last_result or {}).get(f"info/{STOP_REASON}")
         if reason:
             self._print(trials, f"stopped {name(trials, trial)}: {reason}", trial, "TERMINATED")
             return

@@ -17,8 +17,8 @@ import trainers
 from sweep import store
 from sweep.errors import SweepError
 from sweep.evaluate import best_trial, sweep_spec
+from sweep.tags import METRIC, MODEL_URI, NAME, RUN_ID, SPEC_HASH, TRIAL_ID
 
-MODEL_TAG = "sweep.model_uri"
 ALIAS = re.compile(r"[\w\-]+")
 VERSION_ALIAS = re.compile(r"[vV]\d+")
 
@@ -55,7 +55,7 @@ def promote(
         raise SweepError(f"sweep '{name}' trains with the {spec.trainer} trainer, whose models cannot be promoted yet")
     best = best_trial(name, results, uri, experiment)
     run = best.client.get_run(best.run_id)
-    model_uri = run.data.tags.get(MODEL_TAG) or _log_model(best, uri, spec.entry.served())
+    model_uri = run.data.tags.get(MODEL_URI) or _log_model(best, uri, spec.entry.served())
     import mlflow
 
     version = _registered(best.client, registered or name, model_uri)  # promoting twice adds no second version
@@ -126,18 +126,18 @@ def _log_model(best: Any, uri: str, served: Any) -> str:
                 f"torchvision=={torchvision.__version__.split('+')[0]}",
             ],
         )
-    best.client.set_tag(best.run_id, MODEL_TAG, info.model_uri)
+    best.client.set_tag(best.run_id, MODEL_URI, info.model_uri)
     return str(info.model_uri)
 
 
 def _provenance(spec: Any, run: Any) -> dict[str, str]:
     """Where the model comes from: the sweep, its spec, the trial, the data, the weights, the scores."""
     tags = {
-        "sweep.name": spec.name,
-        "sweep.spec_hash": spec.digest,
-        "sweep.trial_id": run.data.tags.get("sweep.trial_id", ""),
-        "sweep.run_id": run.info.run_id,
-        "sweep.metric": spec.metric.primary,
+        NAME: spec.name,
+        SPEC_HASH: spec.digest,
+        TRIAL_ID: run.data.tags.get(TRIAL_ID, ""),
+        RUN_ID: run.info.run_id,
+        METRIC: spec.metric.primary,
         "weights.source": run.data.tags.get("weights.source", ""),
     }
     tags |= {k: v for k, v in run.data.tags.items() if k.startswith("data.")}

@@ -12,14 +12,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sweep.store import STATE_TAG, STOP_REASON
+from sweep.tags import (
+    BEST_RUN,
+    BEST_TRIAL,
+    EPOCHS_PLANNED,
+    EPOCHS_RUN,
+    ERROR,
+    PARETO,
+    STATE,
+    STOP_REASON,
+    TNN,
+    TRIAL_ID,
+)
 from trainers.direction import Direction, better
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Run
 
 STATES = ("completed", "stopped_early", "diverged", "errored", "interrupted")
-TRIAL_TAG = "sweep.trial"
 """The trial's number as people say it (``t07``)."""
 
 
@@ -107,13 +117,13 @@ def ended_name(name: str, state: str, epochs: int, best: float | None = None) ->
 
 def trial_note(state: str, epochs: int, tags: Mapping[str, str], best: str) -> str:
     """The trial run's description: how it ended and its best epoch."""
-    planned = tags.get("sweep.epochs_planned", "?")
+    planned = tags.get(EPOCHS_PLANNED, "?")
     said = {
         "completed": f"Completed all {epochs} epochs.",
         "stopped_early": f"Stopped early at epoch {epochs} of {planned}"
         + (f" ({tags[STOP_REASON]})." if tags.get(STOP_REASON) else " by the scheduler."),
         "diverged": f"Diverged: {tags.get(STOP_REASON, '')}.",
-        "errored": f"Errored after {epochs} epochs: {tags.get('sweep.error', '')}",
+        "errored": f"Errored after {epochs} epochs: {tags.get(ERROR, '')}",
         "interrupted": f"Interrupted after {epochs} epochs; `sweep run SPEC --resume` continues it.",
     }[state]
     return f"{said} {best}".strip()
@@ -166,9 +176,9 @@ def summarize(
     """The parent run's summary: best value and trial, counts by state, epochs run against the epochs every
     trial running to the end would have taken, wall time; and a description a person reads first."""
     metric, mode = objectives[0]
-    live = [r for r in runs if r.data.tags.get(STATE_TAG) != "orphaned"]
-    counts = Counter(r.data.tags.get(STATE_TAG, "running") for r in live)
-    epochs = sum(int(r.data.tags.get("sweep.epochs_run", 0)) for r in live)
+    live = [r for r in runs if r.data.tags.get(STATE) != "orphaned"]
+    counts = Counter(r.data.tags.get(STATE, "running") for r in live)
+    epochs = sum(int(r.data.tags.get(EPOCHS_RUN, 0)) for r in live)
     full = len(live) * int(context.get("max_epochs", 0))
     metrics = {f"trials_{state}": float(counts.get(state, 0)) for state in STATES}
     metrics |= {"trials": float(len(live)), "epochs_run": float(epochs), "epochs_full": float(full)}
@@ -188,8 +198,8 @@ def summarize(
         value = best.data.metrics[f"best_{metric}"]
         metrics[f"best_{metric}"] = value
         name = best.data.tags.get("mlflow.runName", best.info.run_id)
-        tags |= {"sweep.best_trial": best.data.tags.get("sweep.trial_id", ""), "sweep.best_run": best.info.run_id}
-        number = best.data.tags.get(TRIAL_TAG, "")
+        tags |= {BEST_TRIAL: best.data.tags.get(TRIAL_ID, ""), BEST_RUN: best.info.run_id}
+        number = best.data.tags.get(TNN, "")
         tags["mlflow.runName"] = f"{context.get('name', 'sweep')} · best {metric}={value:.4f} ({number})"
         at = int(best.data.metrics.get("best_epoch", 0))
         lines.append(f"**Best {metric} ({mode}): {value:.4f}**, trial {name}, epoch {at}.")
@@ -197,7 +207,7 @@ def summarize(
         points = [[r.data.metrics.get(f"best_{m}", math.nan) for m, _ in objectives] for r in live]
         front = [r for r, keep in zip(live, pareto(points, [m for _, m in objectives]), strict=True) if keep]
         metrics["pareto_size"] = float(len(front))
-        tags["sweep.pareto"] = ",".join(r.data.tags.get("sweep.trial_id", "") for r in front)
+        tags[PARETO] = ",".join(r.data.tags.get(TRIAL_ID, "") for r in front)
         names = "; ".join(r.data.tags.get("mlflow.runName", "") for r in front)
         lines.append(f"**Pareto front** ({', '.join(f'{m} {d}' for m, d in objectives)}): {names}.")
     lines.append(f"Wall time {wall_s:.0f} s.")

@@ -22,6 +22,7 @@ from sweep.export import SweepTable, compare, load_table, locate_uri, render
 from sweep.record import load_record
 from sweep.spec import Spec
 from sweep.study import study_storage
+from sweep.tags import TRIAL_ID
 
 TOP_CURVES = 5
 PICTURE_SCORE = 0.15
@@ -106,7 +107,7 @@ def _histories(client: Any, run_id: str, keys: list[str]) -> dict[str, list[tupl
 def _run_ids(client: Any, table: SweepTable) -> dict[str, str]:
     exp = client.get_run(table.parent_id).info.experiment_id
     runs = store.trial_runs(client, exp, table.parent_id)
-    return {r.data.tags.get("sweep.trial_id", ""): r.info.run_id for r in runs}
+    return {r.data.tags.get(TRIAL_ID, ""): r.info.run_id for r in runs}
 
 
 def _curves(client: Any, table: SweepTable, prefix: Path) -> list[tuple[Path, str]]:

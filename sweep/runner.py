@@ -27,7 +27,25 @@ from sweep.records import RERUN_KEYS, flat_config
 from sweep.samplers import build_sampler, build_scheduler
 from sweep.space import DefineByRun
 from sweep.spec import Spec
-from sweep.store import STOP_REASON
+from sweep.tags import (
+    DATA_SPLIT_SEED,
+    EPOCHS_RUN,
+    HOST,
+    MAX_EPOCHS,
+    METRIC,
+    MODE,
+    NAME,
+    NODE_ID,
+    RESUMED_AFTER,
+    ROLE,
+    SEARCHED,
+    SEED,
+    SPEC_HASH,
+    STOP_REASON,
+    TRAINER,
+    TRIAL_ID,
+    TRIALS,
+)
 from trainers import TrainerEntry, TrialParams
 from trainers.base import Diverged
 
@@ -38,7 +56,6 @@ RAY_ENV = {
     "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Ctrl-C belongs to the `sweep` command (sweep.interrupts), not the library
 }
 LOG_FILE = "ray.log"
-NODE_TAG = "sweep.node_id"
 """The Ray node a trial runs on (its run's tag)."""
 """A re-run trial's config (``sweep rerun``) is ``{"rerun": {...sampled values, rerun_seed, rerun_of}}``: its
 seed and the trial whose configuration it repeats ride along with the values."""
@@ -136,7 +153,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             shutil.copytree(d, resume_from, dirs_exist_ok=True)
         saved = resume_from / "lifecycle.json"
         if saved.exists():  # a retry (or --resume) goes on from this epoch, not from the start
-            node["sweep.resumed_after_epoch"] = str(json.loads(saved.read_text())["epoch"])
+            node[RESUMED_AFTER] = str(json.loads(saved.read_text())["epoch"])
     entry = setup.trainer
     config = flat_config(config)
     sampled = {k: v for k, v in config.items() if k not in RERUN_KEYS}
@@ -185,7 +202,7 @@ def gpu_problem(gpu_ids: list[Any], node: Mapping[str, str], cuda: bool | None =
         cuda = torch.cuda.is_available()
     if cuda:
         return None
-    where = f"{node.get('sweep.host', '?')} (Ray node {node.get(NODE_TAG, '?')[:12]})"
+    where = f"{node.get(HOST, '?')} (Ray node {node.get(NODE_ID, '?')[:12]})"
     return (
         f"Ray gave this trial GPU {','.join(map(str, gpu_ids))} on {where}, but CUDA is not usable there "
         "(no driver, or a CPU-only torch); fix that node or set resources.gpus_per_trial: 0"
@@ -198,7 +215,7 @@ def ray_node() -> dict[str, str]:
 
     import ray
 
-    return {NODE_TAG: ray.get_runtime_context().get_node_id(), "sweep.host": socket.gethostname()}
+    return {NODE_ID: ray.get_runtime_context().get_node_id(), HOST: socket.gethostname()}
 
 
 def sweep_dir(results: Path, name: str) -> Path:
@@ -334,10 +351,10 @@ def ended_trials(mlflow: Any, exp_id: str, parent_id: str) -> dict[str, dict[str
     for run in store.trial_runs(mlflow, exp_id, parent_id):
         tags = run.data.tags
         if ended_for_good(run):
-            epoch = int(tags["sweep.epochs_run"])
+            epoch = int(tags[EPOCHS_RUN])
             metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith(("best_", "test_"))}
             reason = {f"info/{STOP_REASON}": tags[STOP_REASON]} if STOP_REASON in tags else {}
-            ended[tags["sweep.trial_id"]] = {**metrics, "epoch": float(epoch), **reason}
+            ended[tags[TRIAL_ID]] = {**metrics, "epoch": float(epoch), **reason}
     return ended
 
 
@@ -711,11 +728,11 @@ def common_tags(spec: Spec, base: Path) -> dict[str, str]:
 
     tags = {
         **resolve_tags(),  # mlflow.user, mlflow.source.*, as MLflow's fluent API sets them
-        "sweep.name": spec.name,
-        "sweep.spec_hash": spec.digest,
-        "sweep.seed": str(spec.seed),
-        "sweep.trainer": spec.trainer,
-        "sweep.data_split_seed": str(spec.dataset.model_dump().get("seed", "")),
+        NAME: spec.name,
+        SPEC_HASH: spec.digest,
+        SEED: str(spec.seed),
+        TRAINER: spec.trainer,
+        DATA_SPLIT_SEED: str(spec.dataset.model_dump().get("seed", "")),
     }
     commit = store.git_commit(base)
     if commit:
@@ -728,12 +745,12 @@ def _new_parent(mlflow: Any, exp_id: str, spec: Spec, common: Mapping[str, str],
 
     tags = {
         **common,
-        "sweep.role": store.PARENT,
-        "sweep.metric": ",".join(spec.metric.names),
-        "sweep.mode": ",".join(spec.metric.modes),
-        "sweep.searched": ",".join(spec.search),
-        "sweep.trials": str(spec.budget.trials),
-        "sweep.max_epochs": str(spec.max_epochs),
+        ROLE: store.PARENT,
+        METRIC: ",".join(spec.metric.names),
+        MODE: ",".join(spec.metric.modes),
+        SEARCHED: ",".join(spec.search),
+        TRIALS: str(spec.budget.trials),
+        MAX_EPOCHS: str(spec.max_epochs),
         "mlflow.note.content": "\n\n".join(filter(None, [spec.description, records.space_table(spec.search)])),
     }
     run = mlflow.create_run(exp_id, run_name=spec.name, tags=tags)

@@ -15,9 +15,8 @@ from ray.tune.search.optuna import OptunaSearch
 from sweep import records
 from sweep.errors import Fault, disk_full
 from sweep.interrupts import stop_for
+from sweep.tags import STATE, TNN, TRIAL_ID
 from trainers.direction import better
-
-TRIAL_ATTR, STATE_ATTR = "sweep.trial", "sweep.state"
 
 
 class BestEpochSearch(OptunaSearch):
@@ -43,9 +42,9 @@ class BestEpochSearch(OptunaSearch):
             return None
         if trial_id in self._ot_trials:
             ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("sweep.trial_id", trial_id)
+            ot_trial.set_user_attr(TRIAL_ID, trial_id)
             records.NUMBERS[trial_id] = ot_trial.number + 1
-            ot_trial.set_user_attr(TRIAL_ATTR, records.trial_number(ot_trial.number + 1))
+            ot_trial.set_user_attr(TNN, records.trial_number(ot_trial.number + 1))
             if self._ot_study is not None and self._ot_study.metric_names is None:
                 self._ot_study.set_metric_names([m for m, _ in self._objectives()])
         return config  # type: ignore[no-any-return]
@@ -81,7 +80,7 @@ class BestEpochSearch(OptunaSearch):
         if result is not None and not error and trial_id in self._ot_trials:
             planned = int(records.flat_config(result.get("config") or {}).get("epochs", self.max_epochs))
             state = records.end_state(int(result.get("epoch", 0)), planned, diverged)
-            self._ot_trials[trial_id].set_user_attr(STATE_ATTR, state)
+            self._ot_trials[trial_id].set_user_attr(STATE, state)
         try:
             super().on_trial_complete(trial_id, result, error)
         except Exception as e:

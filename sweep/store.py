@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sweep.errors import SweepError
+from sweep.tags import NAME, ROLE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-PARENT, TRIAL, RERUN, STATE_TAG = "parent", "trial", "rerun", "sweep.state"
+PARENT, TRIAL, RERUN = "parent", "trial", "rerun"
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-STOP_REASON = "sweep.stop_reason"
 """Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
 _HTTP_DEFAULTS = {
     # Fail fast on an unreachable server: the journal, not the HTTP client, does the retrying.
@@ -320,7 +320,7 @@ def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
     return list(
         mlflow.search_runs(
             [exp_id],
-            filter_string=f"tags.`sweep.role` = '{PARENT}' and tags.`sweep.name` = '{name}'",
+            filter_string=f"tags.`{ROLE}` = '{PARENT}' and tags.`{NAME}` = '{name}'",
             order_by=["attributes.start_time DESC"],
         )
     )
@@ -330,7 +330,7 @@ def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str, role: str = TR
     """Every nested run of a parent run with ``role``: the sweep's trials, or (``RERUN``) their re-runs."""
     runs: list[Run] = []
     token = None
-    where = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`sweep.role` = '{role}'"
+    where = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE}` = '{role}'"
     while True:
         page = mlflow.search_runs([exp_id], filter_string=where, max_results=1000, page_token=token)
         runs += list(page)

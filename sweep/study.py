@@ -13,8 +13,7 @@ from typing import Any
 from sweep import store
 from sweep.errors import SweepError
 from sweep.record import load_record
-
-ORPHANED = "sweep.orphaned"
+from sweep.tags import ORPHANED
 
 
 def storage_url(root: Path, configured: str | None) -> str:

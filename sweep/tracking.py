@@ -24,16 +24,15 @@ from sweep.errors import Fault, disk_full
 from sweep.interrupts import FAULT, INTERRUPTED, stop_for
 from sweep.journal import Journal, MlflowWriter, read_journal
 from sweep.records import end_state, flat_config
-from sweep.runner import NODE_TAG
 from sweep.storage import Storage, best_files, gone
-from sweep.store import STATE_TAG, STOP_REASON, client
+from sweep.store import client
+from sweep.tags import EPOCHS_PLANNED, EPOCHS_RUN, ERROR, LAST_FAILURE, NODE_ID, NODES, RETRIES, STATE, STOP_REASON
 from trainers.direction import better
 
 if TYPE_CHECKING:
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
-NODES_TAG = "sweep.nodes"
 """Every Ray node a trial ran on, in order, once it moved (its first node died)."""
 
 
@@ -139,11 +138,11 @@ class MlflowCallback(Callback):
         ts = int(result.get("timestamp", time.time()) * 1000)
         self._submit(trials, trial, "metrics", step=step, ts=ts, values=_scalar_metrics(result))
         facts = {k.removeprefix("info/"): str(v) for k, v in result.items() if k.startswith("info/")}
-        node = facts.get(NODE_TAG)
+        node = facts.get(NODE_ID)
         if node and node not in self._nodes.setdefault(trial.trial_id, []):
             self._nodes[trial.trial_id].append(node)
             if len(self._nodes[trial.trial_id]) > 1:  # retried on another node (the first one died)
-                facts[NODES_TAG] = ",".join(self._nodes[trial.trial_id])
+                facts[NODES] = ",".join(self._nodes[trial.trial_id])
         if facts:
             self._submit(trials, trial, "tags", tags=facts)
         value = result.get(self.metric)
@@ -169,7 +168,7 @@ class MlflowCallback(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # The worker died or raised; Ray restarts the trial from its last checkpoint, in the same run.
-        tags = {"sweep.retries": str(trial.run_metadata.num_failures), "sweep.last_failure": error_line(trial)[:4000]}
+        tags = {RETRIES: str(trial.run_metadata.num_failures), LAST_FAILURE: error_line(trial)[:4000]}
         self._submit(trials, trial, "tags", tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -177,7 +176,7 @@ class MlflowCallback(Callback):
         epochs = int((trial.last_result or {}).get("epoch", 0))
         planned = int(flat_config(trial.config).get("epochs", self.max_epochs))
         state = end_state(epochs, planned, diverged=bool((trial.last_result or {}).get(f"info/{STOP_REASON}")))
-        tags = {STATE_TAG: state, "sweep.epochs_run": str(epochs), "sweep.epochs_planned": str(planned)}
+        tags = {STATE: state, EPOCHS_RUN: str(epochs), EPOCHS_PLANNED: str(planned)}
         self._submit(trials, trial, "end", status="FINISHED", tags=tags)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -188,7 +187,7 @@ class MlflowCallback(Callback):
             stop_for(Fault.full_disk(self.journal_path.parent))
         elif down := gone(line, self.place):  # the store of the checkpoints stopped answering: so for every trial
             stop_for(Fault.store_gone(down))
-        tags = {STATE_TAG: "errored", "sweep.error": line[:4000], "sweep.epochs_run": str(epochs)}
+        tags = {STATE: "errored", ERROR: line[:4000], EPOCHS_RUN: str(epochs)}
         self._submit(trials, trial, "end", status="FAILED", tags=tags)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
@@ -196,10 +195,10 @@ class MlflowCallback(Callback):
         for trial in (t for t in trials if t.trial_id in self._open):
             epochs = str(int((trial.last_result or {}).get("epoch", 0)))
             if INTERRUPTED.is_set():
-                tags = {STATE_TAG: "interrupted", "sweep.epochs_run": epochs}
+                tags = {STATE: "interrupted", EPOCHS_RUN: epochs}
                 self._submit(trials, trial, "end", status="KILLED", tags=tags)
             else:
-                tags = {STATE_TAG: "stopped_early", STOP_REASON: "time budget", "sweep.epochs_run": epochs}
+                tags = {STATE: "stopped_early", STOP_REASON: "time budget", EPOCHS_RUN: epochs}
                 self._submit(trials, trial, "end", status="FINISHED", tags=tags)
         self._open.clear()
         self.journal.submit({"op": "orphans", "known": [t.trial_id for t in trials]})

@@ -177,9 +177,10 @@ def test_storage_and_cluster_jobs_that_cannot_work(tmp_path: Path, capsys, monke
 
 
 def test_a_trial_given_a_gpu_it_cannot_use_fails_with_its_node() -> None:
-    from sweep.runner import NODE_TAG, gpu_problem
+    from sweep.runner import gpu_problem
+    from sweep.tags import NODE_ID
 
-    node = {NODE_TAG: "4f3c2a1b0e9d8c7b", "sweep.host": "gpu-07"}
+    node = {NODE_ID: "4f3c2a1b0e9d8c7b", "sweep.host": "gpu-07"}
     problem = gpu_problem(["0"], node, cuda=False)
     assert problem and "GPU 0 on gpu-07 (Ray node 4f3c2a1b0e9d)" in problem and "CUDA is not usable" in problem
     assert gpu_problem(["0", "1"], node, cuda=True) is None
