@@ -268,6 +268,7 @@ def _sync(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from sweep import store
     from sweep.export import locate_uri
+    from sweep.record import listing
     from sweep.serve import serve, tool
 
     uri = locate_uri(args.name or "", Path(args.results), args.tracking_uri)
@@ -278,7 +279,8 @@ def _ui(args: argparse.Namespace) -> int:
         except Exception as e:
             raise store.unreachable(uri, e) from None
         if found is None:
-            raise SweepError(f"no sweep named '{args.name}' in the tracking store {store.redact(uri)}")
+            there = listing(store.sweep_names(store.client(uri)), "it holds no sweep yet")
+            raise SweepError(f"no sweep named '{args.name}' in the tracking store {store.redact(uri)}: {there}")
         exp_id = found.experiment_id
         parents = store.parent_runs(store.client(uri), exp_id, args.name)
         if parents:

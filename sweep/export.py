@@ -15,7 +15,7 @@ import pandas as pd
 from sweep import records, store
 from sweep.errors import SweepError
 from sweep.formats import FORMATS
-from sweep.record import find_record
+from sweep.record import find_record, listing
 from sweep.tags import EPOCHS_RUN, METRIC, MODE, SEARCHED, STATE, TNN, TRIAL_ID, TRIALS
 
 DASH = "–"  # a value a trial does not have (a conditional parameter, an unevaluated score), for a reader
@@ -64,7 +64,8 @@ def load_table(
         raise store.unreachable(uri, e) from None
     parents = store.parent_runs(mlflow, exp.experiment_id, name) if exp else []
     if exp is None or not parents:
-        raise SweepError(f"no sweep named '{name}' in the tracking store {store.redact(uri)}")
+        there = listing(store.sweep_names(mlflow), "it holds no sweep yet")
+        raise SweepError(f"no sweep named '{name}' in the tracking store {store.redact(uri)}: {there}")
     parent = parents[0]
     tags = parent.data.tags
     metrics, modes = tags[METRIC].split(","), tags[MODE].split(",")

@@ -83,7 +83,13 @@ def load_record(name: str, results: Path) -> SweepRecord:
 def known(results: Path) -> str:
     """The sweeps in a results folder, for an error message."""
     names = sorted(p.parent.name for p in results.glob(f"*/{RECORD_FILE}")) if results.is_dir() else []
+    none = "no sweep has run there (run one with `sweep run SPEC`, or name another folder with --results)"
+    return listing(names, none)
+
+
+def listing(names: list[str], none: str) -> str:
+    """``the sweeps there are a, b and 3 more`` for an error message; ``none`` where there are none."""
     if not names:
-        return "no sweep has run there (run one with `sweep run SPEC`, or name another folder with --results)"
+        return none
     shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
     return f"the sweeps there are {shown}"

@@ -326,6 +326,13 @@ def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
     )
 
 
+def sweep_names(mlflow: MlflowClient) -> list[str]:
+    """The names of the sweeps whose parent runs the store holds, in any experiment."""
+    exps = [e.experiment_id for e in mlflow.search_experiments()]
+    runs = mlflow.search_runs(exps, filter_string=f"tags.`{ROLE}` = '{PARENT}'", max_results=5000) if exps else []
+    return sorted({str(r.data.tags[NAME]) for r in runs if NAME in r.data.tags})
+
+
 def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str, role: str = TRIAL) -> list[Run]:
     """Every nested run of a parent run with ``role``: the sweep's trials, or (``RERUN``) their re-runs."""
     runs: list[Run] = []

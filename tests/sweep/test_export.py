@@ -107,7 +107,12 @@ def test_what_export_and_report_refuse(loss_sweep, tmp_path: Path, cli) -> None:
     assert done.returncode == 2 and "--group-by no.such.key: no trial of 'digits-loss' has" in done.stderr, done
     assert "lr" in done.stderr and done.stderr.count("\n") == 1
     done = cli("report", "nosuch", "-o", tmp_path / "nosuch", "--results", results, cwd=base)
-    assert done.returncode == 2 and "no sweep named 'nosuch'" in done.stderr and not (tmp_path / "nosuch").exists()
+    assert done.returncode == 2 and not (tmp_path / "nosuch").exists(), done
+    assert "no sweep 'nosuch' in " in done.stderr and "the sweeps there are digits-loss" in done.stderr
+    done = cli("export", "nosuch", "--results", results, "--tracking-uri", uri, cwd=base)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done
+    assert "no sweep named 'nosuch' in the tracking store" in done.stderr
+    assert "the sweeps there are digits-loss" in done.stderr
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     done = cli("report", spec.name, "-o", blocker / "report", "--results", results, cwd=base)

@@ -38,12 +38,15 @@ def voc(tmp_path_factory):
 
 
 def _workers() -> set[int]:
+    """This test process's mmdet workers (its descendants: another test's, run beside it, are not counted)."""
+    import psutil
+
     found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in psutil.Process().children(recursive=True):
         try:
-            if b"mmdet/worker.py" in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
-        except OSError:
+            if any("mmdet/worker.py" in part for part in proc.cmdline()):
+                found.add(proc.pid)
+        except psutil.Error:
             pass
     return found
 
