@@ -100,19 +100,12 @@ def detect_best(
     best = best_trial(name, results, uri, experiment)
     if best.spec.entry.detect is None:
         raise SweepError(f"sweep '{name}' trains a {best.spec.trainer}, not a detector")
-    from trainers.detector.report import find_images
+    from trainers.base import find_images
 
     files = find_images(images)
-    detect = _resolve(best.spec.entry.detect)
+    detect = best.spec.entry.capability("detect")
     model, hparams, dataset = best.spec.model.model_dump(), trial_hparams(best), best.spec.dataset.model_dump()
     with tempfile.TemporaryDirectory() as tmp:
         written = detect(_weights(best, tmp), files, out, score, proposals, top_k, model, hparams, dataset)
     best.client.log_artifacts(best.run_id, str(out), artifact_path="detect")
     return list(written)
-
-
-def _resolve(path: str) -> Any:
-    import importlib
-
-    module, _, func = path.partition(":")
-    return getattr(importlib.import_module(module), func)

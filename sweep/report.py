@@ -168,58 +168,51 @@ def _study_figures(name: str, results: Path, table: SweepTable, prefix: Path) ->
     return shown
 
 
-def _trainer_figures(name: str, spec: Any, results: Path, uri: str, prefix: Path) -> list[tuple[Path, str]]:
-    """The best model on the test part: confusion matrix and t-SNE of a classifier; per-class AP and first-stage
-    proposals beside predictions of a detector, from what ``sweep evaluate`` wrote (:func:`build` runs it)."""
-    if spec.entry.evaluate is None:
+def _trainer_figures(name: str, spec: Spec, results: Path, uri: str, prefix: Path) -> list[tuple[Path, str]]:
+    """The best model on the test part, from what ``sweep evaluate`` wrote (:func:`build` runs it) and what its
+    trainer can do (its registry entry says): the confusion matrix and per-class AP tables drawn, a t-SNE map of
+    its features, its detections on test pictures (beside the first stage's proposals, where it has them)."""
+    entry = spec.entry
+    if not entry.has("evaluate"):
         return []
-    test = results / name / "test"
-    if spec.trainer == "classifier":
-        from trainers.classifier.report import features
-
+    test, shown = results / name / "test", []
+    if (test / "confusion.csv").is_file():
         confusion = pd.read_csv(test / "confusion.csv", index_col=0)
-        shown = [
-            (
-                figures.confusion(confusion.to_numpy(), list(confusion.columns), Path(f"{prefix}_confusion.png")),
-                "confusion matrix of the best trial on the test part (rows: true class)",
-            )
-        ]
+        path = figures.confusion(confusion.to_numpy(), list(confusion.columns), Path(f"{prefix}_confusion.png"))
+        shown.append((path, "confusion matrix of the best trial on the test part (rows: true class)"))
+    if (test / "per_class_ap.csv").is_file():
+        rows = pd.read_csv(test / "per_class_ap.csv").to_dict("records")
+        path = figures.per_class_ap(rows, "ap50", Path(f"{prefix}_per_class_ap.png"))
+        shown.append((path, "per-class AP@0.5 (VOC) of the best detector on the test part"))
+    if entry.has("features"):
         best = best_trial(name, results, uri)
         with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
-            feats, labels, classes = features(weights, spec.dataset.model_dump(), results / name / "cache")
-        shown.append(
-            (
-                figures.tsne(feats, labels, classes, Path(f"{prefix}_tsne.png")),
-                "t-SNE map of the best model's penultimate-layer features on the test part, coloured by class",
+            weights = Path(best.client.download_artifacts(best.run_id, f"checkpoints/{entry.weights_file}", tmp))
+            feats, labels, classes = entry.capability("features")(
+                weights, spec.dataset.model_dump(), results / name / "cache"
             )
-        )
-        return shown
-    rows = pd.read_csv(test / "per_class_ap.csv").to_dict("records")
-    shown = [
-        (
-            figures.per_class_ap(rows, "ap50", Path(f"{prefix}_per_class_ap.png")),
-            "per-class AP@0.5 (VOC) of the best detector on the test part",
-        )
-    ]
-    from trainers.detector.config import DetectorData
-    from trainers.detector.data import load_splits
+        path = figures.tsne(feats, labels, classes, Path(f"{prefix}_tsne.png"))
+        shown.append((path, "t-SNE map of the best model's penultimate-layer features on the test part, by class"))
+    if entry.has("detect") and entry.has("test_pictures"):
+        shown.append(_pictures(name, spec, results, uri, prefix))
+    return shown
 
-    images = [r.image for r in load_splits(DetectorData.model_validate(spec.dataset.model_dump())).test[:3]]
+
+def _pictures(name: str, spec: Spec, results: Path, uri: str, prefix: Path) -> tuple[Path, str]:
+    """The best detector's predictions on three test pictures, as one page (beside its proposals, if it has)."""
+    proposals = spec.entry.proposals
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
-        for image in images:
+        for image in spec.entry.capability("test_pictures")(spec.dataset.model_dump(), 3):
             (folder / image.name).symlink_to(image.resolve())
-        proposals = spec.trainer == "detector"  # the mmdet backend draws its final predictions only
         drawn = detect_best(name, results, uri, folder, Path(tmp) / "out", proposals, PICTURE_SCORE, top_k=30)
         pages = [p for p in drawn if p.stem.endswith("_proposals")] if proposals else drawn
         title = "first-stage proposals (left, cyan) and final predictions (right)" if proposals else "predictions"
         names = [p.stem.removesuffix("_proposals") for p in pages]
         path = figures.page(pages, names, title, Path(f"{prefix}_{'proposals' if proposals else 'predictions'}.png"))
     said = "top-30 RPN proposals beside the final predictions" if proposals else "the best model's predictions"
-    shown.append((path, f"{said} scoring ≥ {PICTURE_SCORE} on test images"))
-    return shown
+    return path, f"{said} scoring ≥ {PICTURE_SCORE} on test images"
 
 
 def _log(uri: str, parent_id: str, section: Section, out: Path) -> None:

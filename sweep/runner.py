@@ -267,9 +267,8 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
         storage.check(place)
     if not resume and place.exists("tune"):
         raise SweepError(f"sweep '{spec.name}' already ran in {place.url}; continue it with --resume or rename it")
-    sizes = (
-        _resolve(spec.entry.preflight)(spec.dataset, spec.model, spec.weight_sources()) if spec.entry.preflight else {}
-    )
+    entry = spec.entry
+    sizes = entry.capability("preflight")(spec.dataset, spec.model, spec.weight_sources()) if entry.preflight else {}
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -385,13 +384,6 @@ def make_trainable(
         tune.with_parameters(run_trial, setup=setup),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-
-
-def _resolve(path: str) -> Any:
-    import importlib
-
-    module, _, func = path.partition(":")
-    return getattr(importlib.import_module(module), func)
 
 
 _OWNED = threading.Event()

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -24,7 +24,10 @@ from trainers.registry import Registry, UnknownNameError
 
 @dataclass(frozen=True)
 class TrainerEntry:
-    """A trainer's schemas and where its implementation lives."""
+    """A trainer's schemas, where its implementation lives and what else it can do: each capability is a
+    ``module:function`` imported only when used (validating a spec imports no torch), None where the trainer has
+    none. ``sweep`` asks the entry (:meth:`capability`) and never branches on a trainer's name, so a new trainer is
+    its package plus one registration."""
 
     data: type[BaseModel]
     model: type[BaseModel]
@@ -43,20 +46,46 @@ class TrainerEntry:
     """``module:function`` that draws a best-weights file's predictions on images (``sweep detect``)."""
     weights_file: str = "best.pt"
     """The best weights' file name (in the trial's folder and its run's ``checkpoints/``)."""
+    features: str | None = None
+    """``module:function(weights, dataset, cache_dir) -> (features, labels, classes)``: the best model's
+    penultimate-layer features on the test part (the report's t-SNE map)."""
+    test_pictures: str | None = None
+    """``module:function(dataset, n) -> [Path]``: test pictures the report draws the best model's detections on
+    (with ``detect``)."""
+    proposals: bool = False
+    """``detect`` can draw the first stage's proposals beside the final predictions."""
+
+    CAPABILITIES: ClassVar[dict[str, str]] = {
+        "evaluate": "test evaluation (sweep evaluate)",
+        "preflight": "data check before the sweep",
+        "servable": "servable model (sweep promote)",
+        "detect": "detections to draw (sweep detect)",
+        "features": "feature extraction",
+        "test_pictures": "test pictures",
+    }
+    """Each capability and what it is called in a message."""
 
     def load(self) -> Trainer:
         trainer: Trainer = _resolve(self.impl)()
         return trainer
 
+    def has(self, capability: str) -> bool:
+        return getattr(self, capability) is not None
+
+    def capability(self, name: str) -> Callable[..., Any]:
+        """The function behind capability ``name``; a trainer without it is one line saying so."""
+        if name not in self.CAPABILITIES:
+            raise ValueError(f"no trainer capability '{name}' ({', '.join(self.CAPABILITIES)})")
+        path = getattr(self, name)
+        if path is None:
+            raise UnknownNameError(f"this trainer has no {self.CAPABILITIES[name]}")
+        return _resolve(path)  # type: ignore[no-any-return]
+
     def served(self) -> Callable[..., Any]:
-        if self.servable is None:
-            raise UnknownNameError("this trainer's models cannot be served yet")
-        return _resolve(self.servable)
+        return self.capability("servable")
 
     def evaluator(self) -> Callable[..., dict[str, float]]:
-        if self.evaluate is None:
-            raise UnknownNameError("this trainer has no test evaluation")
-        return _resolve(self.evaluate)  # type: ignore[no-any-return]
+        return self.capability("evaluate")
 
 
 def _resolve(path: str) -> Any:
@@ -76,6 +105,7 @@ TRAINERS.add(
         "trainers.classifier.preflight:preflight",
         ("val_top1", "val_top5", "val_loss", "train_loss"),
         "trainers.serving:classifier",
+        features="trainers.classifier.report:features",
     ),
 )
 TRAINERS.add(
@@ -90,6 +120,8 @@ TRAINERS.add(
         DETECTOR_METRICS,
         "trainers.serving:detector",
         "trainers.detector.report:detect_images",
+        test_pictures="trainers.detector.data:test_pictures",
+        proposals=True,
     ),
 )
 TRAINERS.add(
@@ -104,6 +136,7 @@ TRAINERS.add(
         DETECTOR_METRICS[:5] + ("train_loss",),
         detect="trainers.mmdet.report:detect_images",
         weights_file="best.pth",
+        test_pictures="trainers.detector.data:test_pictures",
     ),
 )
 

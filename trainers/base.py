@@ -132,6 +132,20 @@ def typed(cls: type[M], value: object) -> M:
     return value if isinstance(value, cls) else cls.model_validate(value)
 
 
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+"""The picture files a detector reads (VOC's JPEGImages, `sweep detect --images`)."""
+
+
+def find_images(folder: Path, flag: str = "--images") -> list[Path]:
+    """Every picture under ``folder``; none (or no folder) is one line naming ``flag``."""
+    if not folder.is_dir():
+        raise InputError(f"{flag}: folder not found: {folder}")
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES)
+    if not images:
+        raise InputError(f"{flag}: no image ({', '.join(PICTURE_SUFFIXES)}) in {folder}")
+    return images
+
+
 def link_or_copy(src: Path, dest: Path) -> None:
     """``dest`` as a hard link to ``src`` (instant, no copy), or a copy across file systems."""
     dest.unlink(missing_ok=True)

@@ -102,3 +102,20 @@ def test_trainer_registry() -> None:
     assert {"classifier", "detector", "mmdet"} <= set(TRAINERS.names())  # and the tests' own `scripted`
     for name in ("classifier", "detector", "mmdet"):
         assert isinstance(TRAINERS.get(name).load(), Trainer)
+
+
+def test_each_trainer_declares_its_capabilities_and_a_missing_one_is_one_line() -> None:
+    """What sweep asks a trainer for (evaluate, detect, serve, features, test pictures) is in its registry entry,
+    imported only when asked; a capability it lacks is one line saying which."""
+    for name in TRAINERS:
+        entry = TRAINERS.get(name)
+        for capability in entry.CAPABILITIES:
+            if entry.has(capability):
+                assert callable(entry.capability(capability)), (name, capability)
+    mmdet = TRAINERS.get("mmdet")
+    assert not mmdet.has("servable") and mmdet.has("detect") and not mmdet.proposals
+    with pytest.raises(UnknownNameError, match=r"^this trainer has no servable model \(sweep promote\)$"):
+        mmdet.capability("servable")
+    with pytest.raises(ValueError, match="no trainer capability 'fly'"):
+        mmdet.capability("fly")
+    assert TRAINERS.get("classifier").has("features") and TRAINERS.get("detector").proposals

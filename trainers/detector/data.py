@@ -21,10 +21,10 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from trainers.base import InputError
+from trainers.base import PICTURE_SUFFIXES, InputError
 from trainers.detector.config import CocoPart, DetectorData
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = PICTURE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -315,3 +315,8 @@ class DetectionSet(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.
 def collate(batch: Sequence[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     kept = [b for b in batch if b is not None]
     return [b[0] for b in kept], [b[1] for b in kept]
+
+
+def test_pictures(dataset: dict, n: int) -> list[Path]:
+    """The first ``n`` pictures of the test part (the report draws the best model's detections on them)."""
+    return [record.image for record in load_splits(DetectorData.model_validate(dataset)).test[:n]]

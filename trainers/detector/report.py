@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from trainers.base import InputError
 from trainers.classifier.engine import Precision
 from trainers.detector.config import DetectorData, has_masks
-from trainers.detector.data import IMAGE_SUFFIXES, DetectionSet, collate, load_splits, read_image
+from trainers.detector.data import DetectionSet, collate, load_splits, read_image
 from trainers.detector.engine import evaluate, foreground
 from trainers.detector.metrics import DetectionEvaluator
 from trainers.detector.models import load_detector
@@ -55,15 +55,6 @@ def evaluate_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------ pictures
-
-
-def find_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise InputError(f"--images: folder not found: {folder}")
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise InputError(f"--images: no image ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return images
 
 
 @torch.inference_mode()
