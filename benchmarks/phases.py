@@ -19,9 +19,8 @@ def mark(name: str) -> None:
     MARKS.append((name, time.perf_counter() - T0))
 
 
-def timed(owner: Any, attr: str, label: str) -> None:
-    """Mark ``label <`` and ``label >`` around every call of ``owner.attr``."""
-    func = getattr(owner, attr)
+def clocked(func: Any, label: str) -> Any:
+    """``func`` with ``label <`` and ``label >`` marked around every call."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -31,18 +30,29 @@ def timed(owner: Any, attr: str, label: str) -> None:
         finally:
             mark(f"{label} >")
 
-    setattr(owner, attr, wrapper)
+    return wrapper
+
+
+def timed(owner: Any, attr: str, label: str) -> None:
+    """Mark ``label <`` and ``label >`` around every call of ``owner.attr``."""
+    setattr(owner, attr, clocked(getattr(owner, attr), label))
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    from sweep import cli, runner, store
+    from sweep import cli, cluster, runner, store
+    from trainers import TrainerEntry
 
     mark("imported")
-    timed(runner, "_resolve", "preflight")
+    capability = TrainerEntry.capability
+
+    def timed_preflight(entry: TrainerEntry, name: str) -> Any:  # the trainer's data check, import and call
+        return clocked(capability(entry, name), "preflight") if name == "preflight" else capability(entry, name)
+
+    TrainerEntry.capability = timed_preflight  # type: ignore[assignment,method-assign]
     timed(store, "client", "store")
     timed(runner, "_study_storage", "study")
-    timed(runner, "stop_ray", "shutdown")
+    timed(cluster, "stop_ray", "shutdown")
     start_ray = runner.start_ray
 
     def start_and_watch(*args: Any, **kwargs: Any) -> None:

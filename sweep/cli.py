@@ -29,9 +29,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sweep.cluster import stop_ray
     from sweep.export import load_table, locate_uri, render, summary
     from sweep.interrupts import handled
-    from sweep.runner import run_sweep, stop_ray
+    from sweep.runner import run_sweep
     from sweep.spec import load_spec
 
     spec = load_spec(args.spec, spec_overrides(args))
@@ -184,9 +185,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rerun(args: argparse.Namespace) -> int:
+    from sweep.cluster import stop_ray
     from sweep.export import render
     from sweep.rerun import rerun
-    from sweep.runner import stop_ray
 
     try:
         table = rerun(args.name, Path(args.results), args.top, args.seeds, args.address)

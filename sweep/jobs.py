@@ -72,7 +72,7 @@ def address_of(address: str | None) -> str:
 
 def connect(address: str | None) -> Any:
     """A client of the head's job server, or one line saying why there is none."""
-    from sweep.runner import use_local_token
+    from sweep.cluster import use_local_token
 
     url = address_of(address)
     if not url.startswith(("http://", "https://")):

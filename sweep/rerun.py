@@ -17,19 +17,12 @@ import numpy as np
 import pandas as pd
 
 from sweep import records, storage, store
+from sweep.cluster import LOG_FILE, check_address, check_resources, start_ray
 from sweep.errors import SweepError
 from sweep.export import load_table, locate_uri, seeds_summary
 from sweep.record import load_record
-from sweep.runner import (
-    LOG_FILE,
-    check_address,
-    check_resources,
-    common_tags,
-    dataset_info,
-    make_trainable,
-    run_config,
-    start_ray,
-)
+from sweep.runner import common_tags, dataset_info, run_config
+from sweep.trial import make_trainable
 
 
 def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = None) -> pd.DataFrame:

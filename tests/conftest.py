@@ -123,7 +123,7 @@ def sweep_env(**extra: str) -> dict[str, str]:
 def ray_session() -> Iterator[None]:
     """One local Ray for every in-process sweep of the session (the library stops only a Ray it started itself).
     Its workers import the tests' modules (the scripted trainer) from the repository root."""
-    from sweep.runner import ray_env
+    from sweep.cluster import ray_env
 
     ray_env()
     import ray

@@ -177,8 +177,8 @@ def test_storage_and_cluster_jobs_that_cannot_work(tmp_path: Path, capsys, monke
 
 
 def test_a_trial_given_a_gpu_it_cannot_use_fails_with_its_node() -> None:
-    from sweep.runner import gpu_problem
     from sweep.tags import NODE_ID
+    from sweep.trial import gpu_problem
 
     node = {NODE_ID: "4f3c2a1b0e9d8c7b", "sweep.host": "gpu-07"}
     problem = gpu_problem(["0"], node, cuda=False)
