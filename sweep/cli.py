@@ -11,7 +11,6 @@ from pathlib import Path
 
 from sweep.errors import SweepError, disk_full, no_space
 from sweep.formats import FORMATS
-from sweep.tags import METRIC, MODE
 from trainers.base import UserError
 
 TRIALS_ERRORED, USER_ERROR, INTERRUPTED = 1, 2, 130
@@ -242,51 +241,25 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-
     from sweep import store
-    from sweep.export import locate_uri
-    from sweep.journal import MlflowWriter, replay
-    from sweep.record import load_record
-    from sweep.spec import MetricSpec
+    from sweep.journal import sync
 
-    root = Path(args.results) / args.name
-    pending = root / "tracking-pending.jsonl"
-    if not pending.exists():
+    delivered = sync(args.name, Path(args.results), args.tracking_uri)
+    if delivered is None:
         print(f"sweep {args.name}: nothing to sync")
-        return 0
-    record = load_record(args.name, Path(args.results))
-    uri = locate_uri(args.name, Path(args.results), args.tracking_uri)
-    if "***" in record.tracking_uri and not args.tracking_uri:
-        raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record.tracking_uri}")
-    metric = MetricSpec.model_validate(record.spec.get("metric", {}))
-    objectives = list(zip(metric.names, metric.modes, strict=True))
-    writer = MlflowWriter(store.client(uri), record.experiment_id, record.parent_run_id, objectives, {}, {})
-    count = replay(pending, writer, uri)
-    print(f"sweep {args.name}: {count} kept records delivered to {store.redact(uri)}")
+    else:
+        count, uri = delivered
+        print(f"sweep {args.name}: {count} kept records delivered to {store.redact(uri)}")
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
     from sweep import store
     from sweep.export import locate_uri
-    from sweep.record import listing
     from sweep.serve import serve, tool
 
     uri = locate_uri(args.name or "", Path(args.results), args.tracking_uri)
-    exp_id, metric, mode = None, None, "max"
-    if args.name:
-        try:
-            found = store.client(uri).get_experiment_by_name(args.experiment or args.name)
-        except Exception as e:
-            raise store.unreachable(uri, e) from None
-        if found is None:
-            there = listing(store.sweep_names(store.client(uri)), "it holds no sweep yet")
-            raise SweepError(f"no sweep named '{args.name}' in the tracking store {store.redact(uri)}: {there}")
-        exp_id = found.experiment_id
-        parents = store.parent_runs(store.client(uri), exp_id, args.name)
-        if parents:
-            metric = parents[0].data.tags.get(METRIC, "").split(",")[0] or None
-            mode = parents[0].data.tags.get(MODE, "max").split(",")[0]
+    exp_id, metric, mode = store.sweep_view(uri, args.name, args.experiment) if args.name else (None, None, "max")
     if uri.startswith(("http://", "https://")):  # a tracking server has its UI already
         _server_answers(uri)
         print(f"MLflow UI of the tracking server: {store.runs_link(uri, exp_id, metric, mode)}")
@@ -325,25 +298,10 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _tensorboard(args: argparse.Namespace) -> int:
-
-    from sweep.record import find_record
     from sweep.serve import serve, tool
-    from sweep.spec import StorageSpec
-    from sweep.storage import resolve
+    from sweep.storage import tensorboard_logdir
 
-    logdir = Path(args.results) / args.name  # tune/ (the metrics) and trials/*/tb (histograms, when asked)
-    if not logdir.is_dir():
-        raise SweepError(f"no sweep '{args.name}' in {args.results} (no {logdir})")
-    record = find_record(args.name, Path(args.results))
-    storage = record.spec.get("storage") if record is not None else None
-    if storage:  # Ray Tune's folders are in the sweep's storage
-        place = resolve(StorageSpec.model_validate(storage), logdir, args.name)
-        if place.remote:
-            raise SweepError(
-                f"sweep '{args.name}' keeps its Ray Tune folders in {place.url}; TensorBoard reads local folders "
-                "(copy them down, e.g. `aws s3 sync`), and every metric is in MLflow (`sweep ui`)"
-            )
-        logdir = Path(place.path)
+    logdir = tensorboard_logdir(args.name, Path(args.results))
     url = _free_url(args.host, args.port)
     cmd = [tool("tensorboard"), "--logdir", str(logdir), "--host", args.host, "--port", str(args.port)]
     return serve(cmd, f"{url}/data/environment", url, "TensorBoard")

@@ -441,3 +441,24 @@ def replay(path: Path, writer: MlflowWriter, uri: str) -> int:
             )
         raise SweepError(f"sync: {redact(uri)} is still unreachable; {len(journal.pending)} records kept in {path}")
     return count
+
+
+def sync(name: str, results: Path, tracking_uri: str | None = None) -> tuple[int, str] | None:
+    """``sweep sync``: deliver the records a sweep kept on disk while its store did not answer, in order, to the
+    store (``tracking_uri`` or the record's); how many and where, or None when nothing waits."""
+    from sweep.export import locate_uri
+    from sweep.record import load_record
+    from sweep.spec import MetricSpec
+    from sweep.store import client
+
+    pending = results / name / "tracking-pending.jsonl"
+    if not pending.exists():
+        return None
+    record = load_record(name, results)
+    uri = locate_uri(name, results, tracking_uri)
+    if "***" in record.tracking_uri and not tracking_uri:
+        raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record.tracking_uri}")
+    metric = MetricSpec.model_validate(record.spec.get("metric", {}))
+    objectives = list(zip(metric.names, metric.modes, strict=True))
+    writer = MlflowWriter(client(uri), record.experiment_id, record.parent_run_id, objectives, {}, {})
+    return replay(pending, writer, uri), uri

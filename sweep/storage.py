@@ -143,6 +143,27 @@ def gone(text: str, storage: Storage | None = None) -> str | None:
     return f"the object store{at} does not answer ({found.group(0).strip() if found else 'could not connect'})"
 
 
+def tensorboard_logdir(name: str, results: Path) -> Path:
+    """The folder TensorBoard reads for sweep ``name``: Ray Tune's trial folders (``tune/``) and the trials' work
+    folders (``trials/*/tb``, histograms when asked), where the sweep's storage keeps them."""
+    from sweep.record import find_record
+
+    logdir = results / name
+    if not logdir.is_dir():
+        raise SweepError(f"no sweep '{name}' in {results} (no {logdir})")
+    record = find_record(name, results)
+    configured = record.spec.get("storage") if record is not None else None
+    if not configured:
+        return logdir
+    place = resolve(StorageSpec.model_validate(configured), logdir, name)
+    if place.remote:
+        raise SweepError(
+            f"sweep '{name}' keeps its Ray Tune folders in {place.url}; TensorBoard reads local folders "
+            "(copy them down, e.g. `aws s3 sync`), and every metric is in MLflow (`sweep ui`)"
+        )
+    return Path(place.path)
+
+
 def scratch() -> Path:
     """This node's own folder for a sweep whose storage is an object store: ``$SWEEP_SCRATCH`` or the temp folder.
     ``<scratch>/<name>/trials`` holds the trials' work folders, ``<scratch>/cache`` the decoded data (keyed by

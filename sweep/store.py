@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sweep.errors import SweepError
-from sweep.tags import NAME, ROLE
+from sweep.tags import METRIC, MODE, NAME, ROLE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -324,6 +324,24 @@ def parent_runs(mlflow: MlflowClient, exp_id: str, name: str) -> list[Run]:
             order_by=["attributes.start_time DESC"],
         )
     )
+
+
+def sweep_view(uri: str, name: str, experiment: str | None = None) -> tuple[str, str | None, str]:
+    """Where the MLflow UI shows sweep ``name``: its experiment's id, and the metric and mode its runs are sorted
+    by; a sweep the store does not hold is one line naming those it does."""
+    from sweep.record import listing
+
+    mlflow = client(uri)
+    try:
+        found = mlflow.get_experiment_by_name(experiment or name)
+    except Exception as e:
+        raise unreachable(uri, e) from None
+    if found is None:
+        there = listing(sweep_names(mlflow), "it holds no sweep yet")
+        raise SweepError(f"no sweep named '{name}' in the tracking store {redact(uri)}: {there}")
+    parents = parent_runs(mlflow, found.experiment_id, name)
+    tags = parents[0].data.tags if parents else {}
+    return found.experiment_id, tags.get(METRIC, "").split(",")[0] or None, tags.get(MODE, "max").split(",")[0]
 
 
 def sweep_names(mlflow: MlflowClient) -> list[str]:
