@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from sweep.records import trial_number
+
 DPI = 110
 
 
@@ -62,9 +64,10 @@ def grouped_curves(groups: Mapping[str, Sequence[tuple[int, float]]], metric: st
 
 
 def optuna_plot(kind: str, study: Any, path: Path, **kwargs: Any) -> Path:
-    """One of Optuna's matplotlib plots (optimization history, param importances, parallel coordinates)."""
+    """One of Optuna's matplotlib plots (optimization history, param importances, parallel coordinates); trials on
+    the history's axis are named as everywhere else, ``tNN`` (Optuna's number + 1), not Optuna's 0-based numbers."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
     from optuna.visualization import matplotlib as vm
 
     with warnings.catch_warnings(), plt.style.context("default"):
@@ -75,12 +78,20 @@ def optuna_plot(kind: str, study: Any, path: Path, **kwargs: Any) -> Path:
         for a in fig.axes:
             if kind == "optimization_history":
                 a.xaxis.set_major_locator(MaxNLocator(integer=True))
+                a.xaxis.set_major_formatter(FuncFormatter(_tnn))
+                a.set_xlabel("trial")
             for label in a.get_xticklabels():
                 label.set_rotation(30)
                 label.set_horizontalalignment("right")
         _save(fig, path)
     plt.style.use("default")  # Optuna's plots switch the global style to ggplot; the next figure is ours
     return path
+
+
+def _tnn(x: float, _: Any = None) -> str:
+    """An axis position of Optuna's trial number as the trial's name (``t01`` for number 0)."""
+    number = int(round(x))
+    return trial_number(number + 1) if number >= 0 and abs(x - number) < 1e-6 else ""
 
 
 def confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:

@@ -64,3 +64,22 @@ def test_a_description_is_text_in_the_html_report() -> None:
     section.text = ["<script>alert('x')</script> **bold**"]
     page = _html("c", pd.DataFrame({"a": [1]}), [section])
     assert "<script>" not in page and "&lt;script&gt;" in page and "<strong>bold</strong>" in page
+
+
+def test_the_optimisation_history_names_trials_by_their_tnn(tmp_path: Path, monkeypatch) -> None:
+    """Optuna numbers trials from 0; the report's history axis names them as every other surface does (t01…)."""
+    import optuna
+
+    from sweep import figures
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.2, 0.5, 0.4):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    figures.optuna_plot("optimization_history", study, tmp_path / "h.png", target_name="val_top1")
+    (ax,) = drawn[0].axes[:1]
+    drawn[0].canvas.draw()
+    low, high = ax.get_xlim()
+    labels = {t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high} - {""}
+    assert labels and labels <= {"t01", "t02", "t03"} and ax.get_xlabel() == "trial", labels
