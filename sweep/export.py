@@ -139,7 +139,7 @@ def interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float
 def seeds_summary(client: Any, exp_id: str, parent_id: str, metric: str) -> pd.DataFrame:
     """Per re-run configuration (the trial it repeats): mean, 95% CI half-width and count of ``best_<metric>``."""
     rows: dict[str, list[float]] = {}
-    for run in store.trial_runs(client, exp_id, parent_id, role=store.RERUN):
+    for run in store.rerun_runs(client, exp_id, parent_id):
         if run.data.tags.get(STATE) in ("completed", "stopped_early", "diverged"):
             value = run.data.metrics.get(f"best_{metric}", math.nan)
             rows.setdefault(run.data.params.get("rerun_of", ""), []).append(value)

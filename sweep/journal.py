@@ -226,9 +226,12 @@ class MlflowWriter:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def _summary(self, op: Op) -> None:
-        """The parent's summary metrics, tags and description, from what the trial runs hold."""
+        """The parent's summary metrics, tags and description, from what the trial runs hold (a re-run group's
+        description is written when ``sweep rerun`` creates it)."""
         from mlflow.entities import Metric, RunTag
 
+        if self.role != TRIAL:
+            return
         parent = self.client.get_run(self.parent_id)
         wall = time.time() - parent.info.start_time / 1000
         runs = trial_runs(self.client, self.exp_id, self.parent_id)

@@ -1,10 +1,12 @@
-"""``sweep rerun NAME --top K --seeds S``: the K best configurations trained again with S new seeds, as a child
-sweep under the same parent run, so no reported number rests on one seed.
+"""``sweep rerun NAME --top K --seeds S``: the K best configurations trained again with S new seeds, as a group
+nested under the sweep's parent run, so no reported number rests on one seed.
 
-Each re-run is a run of its own under the sweep's parent (``sweep.role=rerun``, params ``rerun_of`` and
-``rerun_seed``), trained for all its epochs (no early stopping: the seeds must be comparable); the export
-and the report then give each configuration's mean and 95% confidence interval (Student's t over the S
-seeds; the searched run's own value is not among them, it was picked as the best).
+The group is a run of its own (``sweep.role=reruns``, named after the trials it repeats), and each re-run a run
+nested under it (``sweep.role=rerun``, named ``t09 seed 2``, params ``rerun_of`` and ``rerun_seed``); the sweep's
+parent keeps its times and summary as the sweep ended them. Each re-run is trained for all its epochs (no early
+stopping: the seeds must be comparable); the export and the report then give each configuration's mean and 95%
+confidence interval (Student's t over the S seeds; the searched run's own value is not among them, it was picked
+as the best).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
     tags = common_tags(spec, Path("."))
     sizes = {k: int(v) for k, v in client_tags(uri, table).items()}
     place = storage.resolve(spec.storage, root, spec.name)
+    client = store.client(uri)
+    group = _group(client, record.experiment_id, table.parent_id, name, list(picked["run"]), seeds, tags)
     tuner = tune.Tuner(
         make_trainable(spec, place),
         param_space={records.RERUN: tune.grid_search(configs)},
@@ -67,7 +71,7 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
             place,
             uri,
             record.experiment_id,
-            table.parent_id,
+            group,
             tags,
             dataset_info(spec, sizes),
             store.RERUN,
@@ -76,10 +80,30 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
     )
     from sweep.interrupts import kept
 
-    with kept():
-        tuner.fit()
-    summary = seeds_summary(store.client(uri), record.experiment_id, table.parent_id, table.metric)
+    try:
+        with kept():
+            tuner.fit()
+    except BaseException:
+        client.set_terminated(group, "FAILED")
+        raise
+    summary = seeds_summary(client, record.experiment_id, table.parent_id, table.metric)
     return picked[["rank", "trial", "run", *table.searched, table.metric]].join(summary, on="trial")
+
+
+def _group(
+    client: Any, exp_id: str, parent_id: str, name: str, repeated: list[str], seeds: int, tags: dict[str, str]
+) -> str:
+    """The run this ``sweep rerun`` nests its re-runs under, itself nested under the sweep's parent (whose times
+    and summary it leaves as the sweep ended them): named after what it repeats."""
+    from sweep.tags import NAME, ROLE
+
+    title = f"rerun {', '.join(repeated)} × {seeds} seeds"
+    note = (
+        f"The best {len(repeated)} configurations of sweep '{name}' ({', '.join(repeated)}) trained again with "
+        f"{seeds} new seeds each: each re-run is named after the trial it repeats and its seed."
+    )
+    run_tags = {**tags, "mlflow.parentRunId": parent_id, ROLE: store.RERUNS, NAME: name, "mlflow.note.content": note}
+    return str(client.create_run(exp_id, run_name=title, tags=run_tags).info.run_id)
 
 
 def client_tags(uri: str, table: Any) -> dict[str, str]:

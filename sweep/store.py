@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-PARENT, TRIAL, RERUN = "parent", "trial", "rerun"
+PARENT, TRIAL, RERUN, RERUNS = "parent", "trial", "rerun", "reruns"
+"""The roles of a sweep's runs (tag ``sweep.role``): its parent, its trials, and a ``sweep rerun``'s group (a run
+nested under the parent, named after what it repeats) with its re-runs nested under it."""
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 """Tag of a trial that ended itself before its epochs were done, with the reason (a diverged loss)."""
 _HTTP_DEFAULTS = {
@@ -349,6 +351,14 @@ def sweep_names(mlflow: MlflowClient) -> list[str]:
     exps = [e.experiment_id for e in mlflow.search_experiments()]
     runs = mlflow.search_runs(exps, filter_string=f"tags.`{ROLE}` = '{PARENT}'", max_results=5000) if exps else []
     return sorted({str(r.data.tags[NAME]) for r in runs if NAME in r.data.tags})
+
+
+def rerun_runs(mlflow: MlflowClient, exp_id: str, parent_id: str) -> list[Run]:
+    """Every re-run of the sweep's trials: those of each ``sweep rerun`` group under the parent (and any an earlier
+    version nested under the parent itself)."""
+    groups = trial_runs(mlflow, exp_id, parent_id, role=RERUNS)
+    nested = [r for g in groups for r in trial_runs(mlflow, exp_id, g.info.run_id, role=RERUN)]
+    return nested + trial_runs(mlflow, exp_id, parent_id, role=RERUN)
 
 
 def trial_runs(mlflow: MlflowClient, exp_id: str, parent_id: str, role: str = TRIAL) -> list[Run]:

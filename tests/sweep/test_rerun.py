@@ -1,5 +1,6 @@
-"""`sweep rerun`: the K best configurations again with S new seeds as runs under the same parent; the export
-gives each configuration's mean and 95% confidence interval, equal to a hand computation."""
+"""`sweep rerun`: the K best configurations again with S new seeds, as a group of runs nested under the sweep's
+parent (whose times stay as the sweep ended them); the export gives each configuration's mean and 95% confidence
+interval, equal to a hand computation."""
 
 import math
 
@@ -32,17 +33,24 @@ def reran(tmp_path_factory, ray_session):
     run_sweep(spec, results=base / "results", base=base)
     uri = store.resolve_uri(None, base)
     top = list(load_table(spec.name, uri).frame["trial"][:2])
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name(spec.name).experiment_id
+    before = store.parent_runs(mlflow, exp, spec.name)[0]
     code, printed = in_process("rerun", spec.name, "--top", "2", "--seeds", "2", "--results", str(base / "results"))
-    return spec, uri, code, printed, top
+    return spec, uri, code, printed, top, before
 
 
 def test_rerun_gives_k_times_s_runs_and_their_intervals(reran) -> None:
-    spec, uri, code, printed, top = reran
+    spec, uri, code, printed, top, before = reran
     assert code == 0 and printed.count("(95% CI, 2 seeds") == 2 and "± " in printed, printed
     mlflow = store.client(uri)
     exp = mlflow.get_experiment_by_name(spec.name).experiment_id
     parent = store.parent_runs(mlflow, exp, spec.name)[0]
-    reruns = store.trial_runs(mlflow, exp, parent.info.run_id, role=store.RERUN)
+    assert (parent.info.end_time, parent.data.metrics) == (before.info.end_time, before.data.metrics)  # untouched
+    [group] = store.trial_runs(mlflow, exp, parent.info.run_id, role=store.RERUNS)
+    assert group.info.status == "FINISHED" and group.info.run_name.startswith("rerun t0")
+    reruns = store.trial_runs(mlflow, exp, group.info.run_id, role=store.RERUN)
+    assert {r.info.run_id for r in reruns} == {r.info.run_id for r in store.rerun_runs(mlflow, exp, parent.info.run_id)}
     assert len(reruns) == 4 and len(store.trial_runs(mlflow, exp, parent.info.run_id)) == spec.budget.trials
     assert sorted((r.data.params["rerun_of"], r.data.params["rerun_seed"]) for r in reruns) == sorted(
         (t, s) for t in top for s in ("1", "2")
