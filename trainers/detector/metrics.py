@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ class DetectionEvaluator:
         from torchmetrics.detection import MeanAveragePrecision
 
         self.classes, self.masks, self.per_class = list(classes), masks, per_class
-        iou_types = ("bbox", "segm") if masks else ("bbox",)
+        iou_types: tuple[Literal["bbox", "segm"], ...] = ("bbox", "segm") if masks else ("bbox",)
         self.coco = MeanAveragePrecision(iou_type=iou_types, class_metrics=per_class, backend="pycocotools")
         self.preds: list[dict[str, torch.Tensor]] = []
         self.targets: list[dict[str, torch.Tensor]] = []

@@ -83,7 +83,7 @@ def _small_rcnn(num_classes: int, masks: bool, **kwargs: Any) -> nn.Module:
 
 
 def _replace_rcnn(model: nn.Module, num_classes: int) -> None:
-    heads = model.roi_heads  # type: ignore[union-attr]
+    heads: Any = model.roi_heads  # torchvision's heads, as typed attributes of nn.Module
     heads.box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, num_classes)
     if getattr(heads, "mask_predictor", None) is not None:
         old = heads.mask_predictor
@@ -92,7 +92,7 @@ def _replace_rcnn(model: nn.Module, num_classes: int) -> None:
 
 def _replace_dense(model: nn.Module, num_classes: int) -> None:
     """RetinaNet and FCOS: a new class-logit conv, with the focal-loss prior bias the builders use."""
-    head = model.head.classification_head  # type: ignore[union-attr]
+    head: Any = model.head.classification_head  # type: ignore[union-attr]
     old: nn.Conv2d = head.cls_logits
     anchors = old.out_channels // head.num_classes
     head.cls_logits = nn.Conv2d(old.in_channels, anchors * num_classes, 3, padding=1)
@@ -102,11 +102,11 @@ def _replace_dense(model: nn.Module, num_classes: int) -> None:
 
 
 def _replace_ssd(model: nn.Module, num_classes: int) -> None:
-    head = model.head.classification_head  # type: ignore[union-attr]
+    head: Any = model.head.classification_head  # type: ignore[union-attr]
     for i, block in enumerate(head.module_list):
-        conv = block[-1] if isinstance(block, nn.Sequential) else block
+        conv: Any = block[-1] if isinstance(block, nn.Sequential) else block
         anchors = conv.out_channels // head.num_columns
-        new = nn.Conv2d(conv.in_channels, anchors * num_classes, conv.kernel_size, padding=conv.padding)
+        new: Any = nn.Conv2d(conv.in_channels, anchors * num_classes, conv.kernel_size, padding=conv.padding)
         nn.init.xavier_uniform_(new.weight)
         nn.init.zeros_(new.bias)
         if isinstance(block, nn.Sequential):

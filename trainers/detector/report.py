@@ -66,7 +66,7 @@ def proposals(model: nn.Module, image: torch.Tensor, top_k: int) -> torch.Tensor
         features = OrderedDict([("0", features)])
     boxes, _ = model.rpn(images, features)  # type: ignore[operator]
     # the RPN returns its post-NMS boxes sorted by objectness; undo the resize
-    scaled = model.transform.postprocess([{"boxes": boxes[0][:top_k]}], images.image_sizes, [image.shape[-2:]])  # type: ignore[operator]
+    scaled = model.transform.postprocess([{"boxes": boxes[0][:top_k]}], images.image_sizes, [image.shape[-2:]])  # type: ignore[operator,union-attr]
     return scaled[0]["boxes"]
 
 
