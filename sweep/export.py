@@ -266,6 +266,7 @@ def render(table: SweepTable | pd.DataFrame, fmt: str, top: int | None = None, c
         frame = table.frame.head(top) if top else table.frame
     else:
         frame = table
+    frame = named(frame, scripts=fmt in ("csv", "json"))
     numeric = [_numeric(frame[c]) for c in frame.columns]
     if fmt == "md":
         align = ["right" if n else "left" for n in numeric]
@@ -288,6 +289,16 @@ def render(table: SweepTable | pd.DataFrame, fmt: str, top: int | None = None, c
         rows = [{str(k): _json_value(v) for k, v in row.items()} for row in frame.astype(object).to_dict("records")]
         return json.dumps(rows, indent=2, ensure_ascii=False, allow_nan=False)
     raise SweepError(f"--format: unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+
+
+def named(frame: pd.DataFrame, scripts: bool = False) -> pd.DataFrame:
+    """The table as a person reads it: each trial named by its ``tNN`` (column ``trial``), as in the progress lines,
+    MLflow, TensorBoard and the study. Ray's id names nothing a user sees: scripts get it last (``ray_trial_id``)."""
+    if "run" not in frame or "trial" not in frame:
+        return frame
+    tnn = frame["run"].where(frame["run"].astype(str) != "", frame["trial"])  # a run of an older version: Ray's id
+    out = frame.drop(columns=["run"]).assign(trial=tnn)
+    return out.assign(ray_trial_id=frame["trial"]) if scripts else out
 
 
 def summary(table: SweepTable) -> str:

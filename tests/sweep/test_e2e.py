@@ -106,7 +106,9 @@ def test_export_table_equals_what_mlflow_holds(swept, tmp_path: Path, cli) -> No
     done = cli("export", spec.name, "--format", "csv", "-o", out, "--results", base / "results", cwd=base)
     assert done.returncode == 0, done
     exported = pd.read_csv(out)
-    assert list(exported["trial"]) == list(table.frame["trial"])
+    assert list(exported["trial"]) == list(table.frame["run"])  # each trial by its tNN; Ray's id for scripts, last
+    assert list(exported["ray_trial_id"]) == list(table.frame["trial"]) and exported.columns[-1] == "ray_trial_id"
+    assert "run" not in exported and not any(t in render(table, "md") for t in table.frame["trial"])
     assert exported["val_top1"].tolist() == pytest.approx(table.frame["val_top1"].tolist())
     assert "\\begin{tabular}" in render(table, "latex") and render(table, "md").startswith("|")
 

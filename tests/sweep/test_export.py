@@ -187,7 +187,8 @@ def test_json_is_one_document_of_rows_unrounded_with_null_for_missing() -> None:
     table = adamw_and_sgd()
     rows = json.loads(render(table, "json"))
     assert "json" in FORMATS and isinstance(rows, list) and len(rows) == 2
-    assert [list(r) for r in rows] == [list(table.frame.columns)] * 2
+    named = [c for c in table.frame.columns if c != "run"] + ["ray_trial_id"]  # the trial by its tNN, Ray's id last
+    assert [list(r) for r in rows] == [named] * 2 and [r["trial"] for r in rows] == ["t01", "t02"]
     adamw, sgd = rows
     assert adamw["momentum"] is None and sgd["test_top1"] is None
     assert adamw["weight_decay"] == 1e-05 and sgd["weight_decay"] == 8.7e-06 and adamw["val_top1"] == 0.91234
