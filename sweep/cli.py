@@ -220,7 +220,7 @@ def _promote(args: argparse.Namespace) -> int:
     uri = locate_uri(args.name, results, args.tracking_uri)
     done = promote(args.name, results, uri, args.registered_name, args.alias, args.experiment)
     print(
-        f"{done.name} version {done.version} (@{done.alias}): the best trial {done.trial_id}, {done.model_uri}\n"
+        f"{done.name} version {done.version} (@{done.alias}): the best trial {done.trial}, {done.model_uri}\n"
         f"load it with:\n  {done.snippet}"
     )
     return 0

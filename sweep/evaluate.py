@@ -23,6 +23,8 @@ class BestTrial:
     run_id: str
     parent_id: str
     client: Any
+    number: str = ""
+    """Its ``tNN``: what it is called on every surface (``trial_id`` is Ray's)."""
 
 
 def sweep_spec(name: str, results: Path) -> Spec:
@@ -46,7 +48,8 @@ def best_trial(name: str, results: Path, uri: str, experiment: str | None = None
         for r in store.trial_runs(mlflow, exp.experiment_id, table.parent_id)
         if r.data.tags.get(TRIAL_ID) == trial_id
     ]
-    return BestTrial(spec, trial_id, runs[0].info.run_id, table.parent_id, mlflow)
+    number = str(scored.iloc[0]["run"]) or trial_id
+    return BestTrial(spec, trial_id, runs[0].info.run_id, table.parent_id, mlflow, number)
 
 
 def trial_hparams(best: BestTrial) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = N
     best.client.log_batch(best.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
     best.client.log_artifacts(best.run_id, str(out), artifact_path="test")
     best.client.set_tag(best.parent_id, BEST_TRIAL, best.trial_id)
-    return {"trial": best.trial_id, **metrics}  # type: ignore[dict-item]
+    return {"trial": best.number, **metrics}  # type: ignore[dict-item]
 
 
 def detect_best(

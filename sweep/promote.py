@@ -29,7 +29,8 @@ class Promoted:
     version: str
     alias: str
     model_uri: str
-    trial_id: str
+    trial: str
+    """The best trial's ``tNN``."""
     tracking_uri: str
 
     @property
@@ -65,7 +66,7 @@ def promote(
                 model_uri, registered or name, tags=_provenance(spec, run), await_registration_for=60
             )
     best.client.set_registered_model_alias(version.name, alias, version.version)
-    return Promoted(version.name, str(version.version), alias, model_uri, best.trial_id, uri)
+    return Promoted(version.name, str(version.version), alias, model_uri, best.number, uri)
 
 
 def _check_names(registered: str, alias: str) -> None:

@@ -169,7 +169,7 @@ def test_every_surface_names_each_trial_by_the_same_tnn(demo_sweep, cli) -> None
 
     at = ("--tracking-uri", uri, "--results", base / "results")
     exported = json.loads(cli("export", spec.name, "--format", "json", "-o", base / "x.json", *at, cwd=base).stdout)
-    assert {row["run"]: row["trial"] for row in exported} == ray_ids
+    assert {row["trial"]: row["ray_trial_id"] for row in exported} == ray_ids
     status = cli("status", spec.name, *at, cwd=base).stdout
     assert f"{spec.budget.trials} of {spec.budget.trials} trials" in status
     assert f"({table.iloc[0]['run']}): " in status

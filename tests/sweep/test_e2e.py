@@ -134,7 +134,7 @@ def test_evaluate_scores_the_best_trial_on_the_test_part(swept, demo_evaluated) 
     spec, _, uri, base = swept
     scores = demo_evaluated
     table = load_table(spec.name, uri)
-    assert scores["trial"] == table.frame.iloc[0]["trial"]
+    assert scores["trial"] == table.frame.iloc[0]["run"]  # its tNN
     assert scores["test_n"] == 360 and scores["test_top1"] > 0.5
     assert scores["test_top1"] <= scores["test_top5"] <= 1.0
     out = base / "results" / spec.name / "test"
@@ -146,7 +146,7 @@ def test_evaluate_scores_the_best_trial_on_the_test_part(swept, demo_evaluated) 
     with Image.open(out / "confusion.png") as img:
         assert img.size[0] >= 300 and img.size[1] >= 300
     mlflow, _, runs = _runs(uri, spec.name)
-    best = next(r for r in runs if r.data.tags["sweep.trial_id"] == scores["trial"])
+    best = next(r for r in runs if r.data.tags["sweep.trial"] == scores["trial"])
     assert mlflow.get_run(best.info.run_id).data.metrics["test_top1"] == pytest.approx(scores["test_top1"])
     assert {a.path for a in mlflow.list_artifacts(best.info.run_id, "test")} >= {
         "test/per_class.csv",
