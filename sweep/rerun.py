@@ -61,29 +61,29 @@ def rerun(name: str, results: Path, top: int, seeds: int, address: str | None = 
     place = storage.resolve(spec.storage, root, spec.name)
     client = store.client(uri)
     group = _group(client, record.experiment_id, table.parent_id, name, list(picked["run"]), seeds, tags)
-    tuner = tune.Tuner(
-        make_trainable(spec, place),
-        param_space={records.RERUN: tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.budget.max_concurrent),
-        run_config=run_config(
-            spec,
-            root,
-            place,
-            uri,
-            record.experiment_id,
-            group,
-            tags,
-            dataset_info(spec, sizes),
-            store.RERUN,
-            len(configs),
-        ),
-    )
     from sweep.interrupts import kept
 
     try:
+        tuner = tune.Tuner(
+            make_trainable(spec, place),
+            param_space={records.RERUN: tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.budget.max_concurrent),
+            run_config=run_config(
+                spec,
+                root,
+                place,
+                uri,
+                record.experiment_id,
+                group,
+                tags,
+                dataset_info(spec, sizes),
+                store.RERUN,
+                len(configs),
+            ),
+        )
         with kept():
             tuner.fit()
-    except BaseException:
+    except BaseException:  # the group ends with its re-runs (the tracking callback ends it after fit)
         client.set_terminated(group, "FAILED")
         raise
     summary = seeds_summary(client, record.experiment_id, table.parent_id, table.metric)
