@@ -225,22 +225,3 @@ def cli(capsys, monkeypatch):
         return Done(code, out, err)
 
     return run
-
-
-SHARED = ("demo_sweep", "postgres")
-"""Session fixtures that cost enough to be built once: under pytest-xdist every test that uses one runs on the
-worker that built it (``--dist loadgroup``)."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module is one group for pytest-xdist (its module fixtures are built once); modules that share an
-    expensive session fixture are one group with it."""
-    group: dict[str, str] = {}  # module -> its group: the first shared fixture it uses, or itself
-    for item in items:
-        module = item.module.__name__
-        shared = next((f for f in SHARED if f in getattr(item, "fixturenames", ())), None)
-        if shared:
-            group[module] = shared
-        group.setdefault(module, module)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.module.__name__]))
