@@ -134,9 +134,9 @@ def fluent(uri: str) -> Iterator[None]:
     the block, and as before afterwards: ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the
     process environment, which every later sweep and child process would otherwise inherit."""
     import mlflow
-    from mlflow.tracking._tracking_service import utils
 
-    before, before_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # public API: None is "unset"
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
