@@ -31,6 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     from sweep.cluster import stop_ray
     from sweep.export import load_table, locate_uri, render, summary
     from sweep.interrupts import handled
+    from sweep.journal import PENDING
     from sweep.runner import run_sweep
     from sweep.spec import load_spec
 
@@ -52,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return TRIALS_ERRORED
-    if (results / spec.name / "tracking-pending.jsonl").exists():
+    if (results / spec.name / PENDING).exists():
         print(f"sweep {spec.name}: its tracking records wait for `sweep sync {spec.name}`")
     else:
         table = load_table(spec.name, locate_uri(spec.name, results, None), spec.tracking.experiment)

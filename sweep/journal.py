@@ -446,16 +446,30 @@ def replay(path: Path, writer: MlflowWriter, uri: str) -> int:
     return count
 
 
+PENDING = "tracking-pending.jsonl"
+"""The sweep's journal file in its results folder."""
+
+
+def pending_file(role: str, parent_id: str) -> str:
+    """The journal a driver keeps its undelivered tracking records in (``sweep sync`` delivers them): the sweep's
+    own, or one per ``sweep rerun`` group, named after the group's run (its records belong under that run, never
+    under the sweep's parent as trials)."""
+    return PENDING if role == TRIAL else f"{PENDING.removesuffix('.jsonl')}-{parent_id}.jsonl"
+
+
 def sync(name: str, results: Path, tracking_uri: str | None = None) -> tuple[int, str] | None:
     """``sweep sync``: deliver the records a sweep kept on disk while its store did not answer, in order, to the
-    store (``tracking_uri`` or the record's); how many and where, or None when nothing waits."""
+    store (``tracking_uri`` or the record's): the sweep's own, then each ``sweep rerun`` group's (to the group's
+    run). How many and where, or None when nothing waits."""
     from sweep.export import locate_uri
     from sweep.record import load_record
     from sweep.spec import MetricSpec
-    from sweep.store import client
+    from sweep.store import RERUN, client
 
-    pending = results / name / "tracking-pending.jsonl"
-    if not pending.exists():
+    folder = results / name
+    stem = PENDING.removesuffix(".jsonl")
+    files = sorted(folder.glob(f"{stem}*.jsonl"), key=lambda p: p.name != PENDING) if folder.is_dir() else []
+    if not files:
         return None
     record = load_record(name, results)
     uri = locate_uri(name, results, tracking_uri)
@@ -463,5 +477,10 @@ def sync(name: str, results: Path, tracking_uri: str | None = None) -> tuple[int
         raise SweepError(f"sync: give the sweep's store with its password: --tracking-uri {record.tracking_uri}")
     metric = MetricSpec.model_validate(record.spec.get("metric", {}))
     objectives = list(zip(metric.names, metric.modes, strict=True))
-    writer = MlflowWriter(client(uri), record.experiment_id, record.parent_run_id, objectives, {}, {})
-    return replay(pending, writer, uri), uri
+    count = 0
+    for path in files:
+        group = path.stem.removeprefix(stem).removeprefix("-")  # a rerun group's run id, or '' for the sweep's own
+        parent, role = (group, RERUN) if group else (record.parent_run_id, TRIAL)
+        writer = MlflowWriter(client(uri), record.experiment_id, parent, objectives, {}, {}, role=role)
+        count += replay(path, writer, uri)
+    return count, uri

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep import lock, records, storage, store, study
+from sweep import journal, lock, records, storage, store, study
 from sweep.cluster import LOG_FILE, check_address, check_resources, joined, start_ray
 from sweep.errors import Fault, SweepError
 from sweep.record import SweepRecord, find_record
@@ -259,7 +259,7 @@ def run_config(
             params,
             tags,
             spec.max_epochs,
-            root / "tracking-pending.jsonl",
+            root / journal.pending_file(role, parent_id),
             spec.tracking.drain_s,
             {**_context(spec, dataset), "role": role},
             place,

@@ -3,6 +3,7 @@ parent (whose times stay as the sweep ended them); the export gives each configu
 interval, equal to a hand computation."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,42 @@ def test_rerun_gives_k_times_s_runs_and_their_intervals(reran) -> None:
     assert named == {f"{table.loc[t, 'run']} seed {s}" for t in top for s in ("1", "2")}
     names = [r.info.run_name for r in mlflow.search_runs([exp])]
     assert len(names) == len(set(names)), sorted(names)
+
+
+def test_a_rerun_s_kept_records_go_to_its_group_not_the_sweep(reran, cli, tmp_path) -> None:
+    """A rerun whose store stopped answering keeps its records in a journal of its own, named after its group; `sweep
+    sync` delivers them there as re-runs, and a resumed sweep (which reads only its own journal) never takes them
+    for trials."""
+    import json
+
+    from sweep.journal import PENDING, pending_file
+
+    spec, uri, _, _, _, _ = reran
+    mlflow = store.client(uri)
+    exp = mlflow.get_experiment_by_name(spec.name).experiment_id
+    parent = store.parent_runs(mlflow, exp, spec.name)[0]
+    [group] = store.trial_runs(mlflow, exp, parent.info.run_id, role=store.RERUNS)
+    results = Path(uri.removeprefix("sqlite:///")).parent / "results"
+    config = {"lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "rerun_seed": 3, "rerun_of": "x", "rerun_of_run": "t01"}
+    kept = [
+        {"op": "tags", "trial": "feedbeef", "number": 0, "config": config, "tags": {}},
+        {"op": "metrics", "trial": "feedbeef", "number": 0, "config": config, "step": 1, "ts": 0}
+        | {"values": {"val_top1": 0.5}},
+    ]
+    journal = results / spec.name / pending_file(store.RERUN, group.info.run_id)
+    assert journal.name != PENDING
+    journal.write_text("".join(json.dumps(op) + "\n" for op in kept))
+    done = cli("sync", spec.name, "--results", results, cwd=tmp_path)
+    assert done.returncode == 0 and "2 kept records delivered" in done.stdout, done
+    assert not journal.exists()
+    delivered = [
+        r for r in store.trial_runs(mlflow, exp, group.info.run_id, role=store.RERUN)
+        if r.data.tags["sweep.trial_id"] == "feedbeef"
+    ]
+    try:
+        assert [r.info.run_name.split()[:3] for r in delivered] == [["t01", "seed", "3"]]
+        trials = store.trial_runs(mlflow, exp, parent.info.run_id)
+        assert "feedbeef" not in {r.data.tags["sweep.trial_id"] for r in trials}
+    finally:  # the shared sweep as the other tests know it
+        for run in delivered:
+            mlflow.delete_run(run.info.run_id)
