@@ -146,11 +146,11 @@ def gone(text: str, storage: Storage | None = None) -> str | None:
 def tensorboard_logdir(name: str, results: Path) -> Path:
     """The folder TensorBoard reads for sweep ``name``: Ray Tune's trial folders (``tune/``) and the trials' work
     folders (``trials/*/tb``, histograms when asked), where the sweep's storage keeps them."""
-    from sweep.record import find_record
+    from sweep.record import find_record, known
 
     logdir = results / name
     if not logdir.is_dir():
-        raise SweepError(f"no sweep '{name}' in {results} (no {logdir})")
+        raise SweepError(f"no sweep '{name}' in {results}: {known(results)}")
     record = find_record(name, results)
     configured = record.spec.get("storage") if record is not None else None
     if not configured:

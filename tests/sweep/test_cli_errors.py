@@ -82,7 +82,7 @@ def test_a_sweep_that_is_not_there_names_the_ones_that_are(tmp_path: Path, capsy
     """Every command that reads a sweep's record (``results/NAME/sweep.json``) says the same thing when it is not
     there, naming the sweeps that are; a record that is not one (hand-edited, cut short) is one line naming it."""
     monkeypatch.chdir(tmp_path)
-    commands = [["evaluate"], ["promote"], ["rerun", "--top", "1", "--seeds", "2"], ["dashboard"]]
+    commands = [["evaluate"], ["promote"], ["rerun", "--top", "1", "--seeds", "2"], ["dashboard"], ["tensorboard"]]
     commands += [["report", "-o", "r"]]
     for argv in commands:
         code, _, err = sweep(capsys, argv[0], "nosuch", *argv[1:])
