@@ -81,9 +81,10 @@ def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = N
         )
     from mlflow.entities import Metric
 
-    best.client.log_batch(best.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-    best.client.log_artifacts(best.run_id, str(out), artifact_path="test")
-    best.client.set_tag(best.parent_id, BEST_TRIAL, best.trial_id)
+    with store.as_ended(best.client, best.run_id, best.parent_id):
+        best.client.log_batch(best.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+        best.client.log_artifacts(best.run_id, str(out), artifact_path="test")
+        best.client.set_tag(best.parent_id, BEST_TRIAL, best.trial_id)
     return {"trial": best.number, **metrics}  # type: ignore[dict-item]
 
 
@@ -110,5 +111,6 @@ def detect_best(
     model, hparams, dataset = best.spec.model.model_dump(), trial_hparams(best), best.spec.dataset.model_dump()
     with tempfile.TemporaryDirectory() as tmp:
         written = detect(_weights(best, tmp), files, out, score, proposals, top_k, model, hparams, dataset)
-    best.client.log_artifacts(best.run_id, str(out), artifact_path="detect")
+    with store.as_ended(best.client, best.run_id):
+        best.client.log_artifacts(best.run_id, str(out), artifact_path="detect")
     return list(written)

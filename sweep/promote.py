@@ -106,13 +106,13 @@ def _log_model(best: Any, uri: str, served: Any) -> str:
     from mlflow.types import Schema, TensorSpec
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(best.client.download_artifacts(best.run_id, "checkpoints/best.pt", tmp))
+        weights = Path(best.client.download_artifacts(best.run_id, f"checkpoints/{best.spec.entry.weights_file}", tmp))
         model, meta, example = served(weights)
     # A classifier is exported as a program (torch.export: no pickle to load) that takes any image size; a
     # detector's data-dependent control flow cannot be exported, so it is pickled, as MLflow does by default.
     exported = "image_size" in meta
     signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, example.shape[1], -1, -1))]))
-    with store.fluent(uri):  # to the run by its id, not reopened: its end time and wall time stay the trial's
+    with store.fluent(uri), store.as_ended(best.client, best.run_id):  # the trial's end and wall time stay
         info = mlflow.pytorch.log_model(
             model,
             name="model",
@@ -127,7 +127,7 @@ def _log_model(best: Any, uri: str, served: Any) -> str:
                 f"torchvision=={torchvision.__version__.split('+')[0]}",
             ],
         )
-    best.client.set_tag(best.run_id, MODEL_URI, info.model_uri)
+        best.client.set_tag(best.run_id, MODEL_URI, info.model_uri)
     return str(info.model_uri)
 
 

@@ -217,8 +217,9 @@ def _pictures(name: str, spec: Spec, results: Path, uri: str, prefix: Path) -> t
 
 def _log(uri: str, parent_id: str, section: Section, out: Path) -> None:
     client = store.client(uri)
-    for path, _ in section.figures:
-        client.log_artifact(parent_id, str(path), artifact_path="report")
+    with store.as_ended(client, parent_id):
+        for path, _ in section.figures:
+            client.log_artifact(parent_id, str(path), artifact_path="report")
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

@@ -147,6 +147,22 @@ def fluent(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
+@contextmanager
+def as_ended(mlflow: MlflowClient, *run_ids: str) -> Iterator[None]:
+    """For a command that adds to runs a sweep has ended (test scores, detections, report figures, the model): every
+    write of the block goes in, and each run's status and end time stay as the sweep left them, whatever the block's
+    MLflow calls do (logging through the fluent API reopens a run, and ending it again moves its end time, so its
+    duration in the UI, in ``status``, the export and the report). The one way post-hoc writes reach a run."""
+    before = {run_id: mlflow.get_run(run_id).info for run_id in run_ids}
+    try:
+        yield
+    finally:
+        for run_id, info in before.items():
+            now = mlflow.get_run(run_id).info
+            if info.end_time and (now.status, now.end_time) != (info.status, info.end_time):
+                mlflow.set_terminated(run_id, status=info.status, end_time=info.end_time)
+
+
 def ensure_sqlite(path: Path) -> None:
     """Create the MLflow SQLite store at ``path`` whole or not at all (:func:`create_atomically`)."""
     if path.exists():

@@ -119,3 +119,24 @@ def test_a_plain_postgresql_uri_means_psycopg2_and_works(postgres) -> None:
     mlflow = store.client(store.connect(postgres))
     exp = store.experiment_id(mlflow, "plain-postgresql", postgres)
     assert mlflow.get_experiment(exp).name == "plain-postgresql"
+
+
+def test_post_hoc_writes_leave_a_run_ended_as_the_sweep_left_it(tmp_path: Path) -> None:
+    """What `evaluate`, `detect`, `report` and `promote` add to ended runs goes in, and each run keeps its status and
+    end time even when an MLflow call in the block reopens it (as the fluent API does) and ends it again later."""
+    import mlflow
+
+    uri = store.resolve_uri(None, tmp_path)
+    client = store.client(uri)
+    exp = client.create_experiment("posthoc")
+    run = client.create_run(exp)
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=run.info.start_time + 11_800)
+    ended = client.get_run(run.info.run_id).info
+    with store.fluent(uri), store.as_ended(client, run.info.run_id):
+        with mlflow.start_run(run_id=run.info.run_id):  # reopened: RUNNING, then ended again now
+            mlflow.log_metric("test_top1", 0.97)
+        time.sleep(0.01)
+        assert client.get_run(run.info.run_id).info.end_time != ended.end_time  # what the guard is for
+    after = client.get_run(run.info.run_id)
+    assert (after.info.status, after.info.end_time) == ("FINISHED", ended.end_time)
+    assert after.data.metrics["test_top1"] == 0.97
