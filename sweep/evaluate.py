@@ -69,7 +69,7 @@ def _weights(best: BestTrial, tmp: str) -> Path:
 def evaluate_best(name: str, results: Path, uri: str, experiment: str | None = None) -> dict[str, float]:
     """Score the best trial on the test part; log ``test_*`` metrics and the report files to its run."""
     spec = sweep_spec(name, results)
-    if spec.entry.evaluate is None:
+    if not spec.entry.has("evaluate"):
         raise SweepError(f"sweep '{name}' trains with the {spec.trainer} trainer, which has no test evaluation")
     best = best_trial(name, results, uri, experiment)
     evaluator = best.spec.entry.evaluator()
@@ -102,7 +102,7 @@ def detect_best(
     """Draw the best trial's predictions (and, with ``proposals``, its first stage's top-k proposals beside
     them) on every image under ``images``; write PNGs to ``out`` and log them to the trial's run."""
     best = best_trial(name, results, uri, experiment)
-    if best.spec.entry.detect is None:
+    if not best.spec.entry.has("detect"):
         raise SweepError(f"sweep '{name}' trains a {best.spec.trainer}, not a detector")
     from trainers.base import find_images
 

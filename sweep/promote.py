@@ -52,7 +52,7 @@ def promote(
 ) -> Promoted:
     _check_names(registered or name, alias)
     spec = sweep_spec(name, results)
-    if spec.entry.servable is None:
+    if not spec.entry.has("servable"):
         raise SweepError(f"sweep '{name}' trains with the {spec.trainer} trainer, whose models cannot be promoted yet")
     best = best_trial(name, results, uri, experiment)
     run = best.client.get_run(best.run_id)

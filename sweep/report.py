@@ -50,7 +50,7 @@ def build(names: list[str], results: Path, out: Path, tracking_uri: str | None =
     except OSError as e:
         raise SweepError(f"-o: cannot write the report folder {out}: {e.strerror or e}") from None
     for i, name in enumerate(names):  # `sweep evaluate` first where it has not run: every table holds the test score
-        if specs[name].entry.evaluate is not None and not (results / name / "test").is_dir():
+        if specs[name].entry.has("evaluate") and not (results / name / "test").is_dir():
             evaluate_best(name, results, uris[name])
             tables[i] = load_table(name, uris[name], keys=["weights"], optional=True)
     sections = []

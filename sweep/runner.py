@@ -85,7 +85,9 @@ def _run_sweep(spec: Spec, results: Path, resume: bool, address: str | None, bas
     if not resume and place.exists("tune"):
         raise SweepError(f"sweep '{spec.name}' already ran in {place.url}; continue it with --resume or rename it")
     entry = spec.entry
-    sizes = entry.capability("preflight")(spec.dataset, spec.model, spec.weight_sources()) if entry.preflight else {}
+    sizes = {}
+    if entry.has("preflight"):
+        sizes = entry.capability("preflight")(spec.dataset, spec.model, spec.weight_sources())
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -24,8 +24,6 @@ from torchvision.transforms import v2
 from trainers.base import PICTURE_SUFFIXES, InputError
 from trainers.detector.config import CocoPart, DetectorData
 
-IMAGE_SUFFIXES = PICTURE_SUFFIXES
-
 
 @dataclass(frozen=True)
 class Record:
@@ -114,7 +112,7 @@ def _voc_part(root: Path, part: str, where: str) -> tuple[Path, list[str]]:
 
 def _find_image(base: Path, image_id: str, filename: str | None) -> Path | None:
     folder = base / "JPEGImages"
-    candidates = ([folder / filename] if filename else []) + [folder / (image_id + s) for s in IMAGE_SUFFIXES]
+    candidates = ([folder / filename] if filename else []) + [folder / (image_id + s) for s in PICTURE_SUFFIXES]
     return next((p for p in candidates if p.is_file()), None)
 
 
